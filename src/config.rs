@@ -1,0 +1,211 @@
+//! Geometry of the shared layout: pool and arena sizes, the pool header overhead, and the
+//! largest request served from pools.
+//!
+//! pymalloc's numbers on 64-bit are the default ([`Config::PYMALLOC`]): 16 KiB pools carved
+//! from 1 MiB arenas, 16-byte blocks steps up to 512 bytes. Tests and loom models shrink the
+//! sizes with [`Config::new`] so that "pool full", "pool empty" and "arena empty" are reached
+//! in a handful of operations.
+//!
+//! Invariants kept by [`Geometry`] (checked once, in [`Config::geometry`]):
+//! - `pool_size` and `arena_size` are powers of two, `pool_size <= arena_size`, and an arena
+//!   holds between 1 and 64 pools (the free-threaded mode keeps one bit per pool in a `u64`);
+//! - every size class up to `small_limit` fits at least two blocks in a pool after the header,
+//!   so a fresh pool never fills on its first block;
+//! - `pool_overhead` is a multiple of [`ALIGNMENT`], so every block is 16-byte aligned.
+
+use crate::pool::PoolHeader;
+use crate::size_class::{ALIGNMENT, MAX_SMALL_REQUEST, NUM_CLASSES};
+use core::fmt;
+
+/// Pool and arena sizes of one [`Allocator`](crate::Allocator).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Bytes per pool (a power of two; pools are aligned to their size).
+    pub pool_size: usize,
+    /// Bytes per arena (a power of two and a multiple of `pool_size`; arenas are aligned to their size).
+    pub arena_size: usize,
+}
+
+/// Why a [`Config`] was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The configuration that was refused.
+    pub config: Config,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid ftmalloc config (pool_size {}, arena_size {}): {}",
+            self.config.pool_size, self.config.arena_size, self.reason
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// pymalloc's layout on 64-bit platforms: 16 KiB pools in 1 MiB arenas.
+    pub const PYMALLOC: Config = Config {
+        pool_size: 16 << 10,
+        arena_size: 1 << 20,
+    };
+
+    /// A configuration with the given pool and arena sizes (validated when an allocator is built).
+    pub const fn new(pool_size: usize, arena_size: usize) -> Config {
+        Config {
+            pool_size,
+            arena_size,
+        }
+    }
+
+    /// Checks the configuration and derives the numbers the allocator works with.
+    pub fn geometry(&self) -> Result<Geometry, ConfigError> {
+        let err = |reason| ConfigError {
+            config: *self,
+            reason,
+        };
+        if !self.pool_size.is_power_of_two() {
+            return Err(err("pool_size must be a power of two"));
+        }
+        if !self.arena_size.is_power_of_two() {
+            return Err(err("arena_size must be a power of two"));
+        }
+        if self.arena_size < self.pool_size {
+            return Err(err("arena_size must be at least pool_size"));
+        }
+        let pools_per_arena = self.arena_size / self.pool_size;
+        if pools_per_arena > 64 {
+            return Err(err("an arena may hold at most 64 pools"));
+        }
+        if self.arena_size < page_size() {
+            return Err(err("arena_size must be at least the OS page size"));
+        }
+        let pool_overhead = pool_overhead();
+        if self.pool_size < pool_overhead + 2 * ALIGNMENT {
+            return Err(err(
+                "pool_size leaves no room for two 16-byte blocks after the pool header",
+            ));
+        }
+        // Largest class that still fits two blocks after the header.
+        let room = (self.pool_size - pool_overhead) / 2;
+        let small_limit = (room / ALIGNMENT * ALIGNMENT).min(MAX_SMALL_REQUEST);
+        Ok(Geometry {
+            pool_size: self.pool_size,
+            pool_shift: self.pool_size.trailing_zeros(),
+            arena_size: self.arena_size,
+            arena_shift: self.arena_size.trailing_zeros(),
+            pools_per_arena,
+            pool_overhead,
+            small_limit,
+            num_classes: small_limit / ALIGNMENT,
+        })
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::PYMALLOC
+    }
+}
+
+/// Bytes at the start of every pool taken by its header, rounded up to [`ALIGNMENT`].
+pub(crate) fn pool_overhead() -> usize {
+    core::mem::size_of::<PoolHeader>().next_multiple_of(ALIGNMENT)
+}
+
+pub(crate) fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions; it only reads a system constant.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p <= 0 {
+        4096
+    } else {
+        p as usize
+    }
+}
+
+/// The validated numbers of a [`Config`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Bytes per pool.
+    pub pool_size: usize,
+    /// `log2(pool_size)`.
+    pub pool_shift: u32,
+    /// Bytes per arena.
+    pub arena_size: usize,
+    /// `log2(arena_size)`.
+    pub arena_shift: u32,
+    /// Pools per arena (at most 64).
+    pub pools_per_arena: usize,
+    /// Bytes of each pool taken by its header.
+    pub pool_overhead: usize,
+    /// Largest request (in bytes) served from pools; larger ones go to the system allocator.
+    pub small_limit: usize,
+    /// Size classes in use: `small_limit / 16` (32 with pymalloc's numbers).
+    pub num_classes: usize,
+}
+
+impl Geometry {
+    /// Blocks of class `class` that fit in one pool.
+    #[inline]
+    pub fn blocks_per_pool(&self, class: usize) -> usize {
+        (self.pool_size - self.pool_overhead) / crate::size_class::class_size(class)
+    }
+
+    /// The pool that contains `addr` (masking, as pymalloc's `POOL_ADDR`).
+    #[inline(always)]
+    pub fn pool_of(&self, addr: usize) -> usize {
+        addr & !(self.pool_size - 1)
+    }
+
+    /// The arena that contains `addr`.
+    #[inline(always)]
+    pub fn arena_of(&self, addr: usize) -> usize {
+        addr & !(self.arena_size - 1)
+    }
+}
+
+const _: () = assert!(NUM_CLASSES * ALIGNMENT == MAX_SMALL_REQUEST);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pymalloc_geometry() {
+        let g = Config::PYMALLOC.geometry().unwrap();
+        assert_eq!(g.pools_per_arena, 64);
+        assert_eq!(g.small_limit, 512);
+        assert_eq!(g.num_classes, 32);
+        assert_eq!(g.pool_overhead % 16, 0);
+        assert_eq!(g.pool_of(0x1234_5678), 0x1234_4000);
+        assert_eq!(g.arena_of(0x1234_5678), 0x1230_0000);
+    }
+
+    #[test]
+    fn tiny_geometry_limits_classes() {
+        let ov = pool_overhead();
+        let pool = (ov + 128).next_power_of_two();
+        let g = Config::new(pool, page_size().max(pool)).geometry().unwrap();
+        assert!(g.small_limit >= 16);
+        assert!(g.blocks_per_pool(g.num_classes - 1) >= 2);
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_a_reason() {
+        for (p, a) in [
+            (3000, 1 << 20),
+            (16384, 3 << 20),
+            (1 << 20, 1 << 14),
+            (1 << 10, 1 << 20),
+            (16, 4096),
+        ] {
+            let e = Config::new(p, a).geometry().unwrap_err();
+            assert!(!e.reason.is_empty());
+            assert!(e.to_string().contains(&p.to_string()));
+        }
+    }
+}

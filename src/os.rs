@@ -1,0 +1,87 @@
+//! The OS layer: aligned anonymous mappings, unmapping and page release.
+//!
+//! Nothing here allocates through an allocator; every function is a thin wrapper over
+//! `mmap`/`munmap`/`madvise`, so the allocator can call it while holding its own state.
+
+use core::ptr;
+
+/// Maps `size` bytes of zeroed, read-write anonymous memory aligned to `align`
+/// (a power of two, at least the page size). Returns null when the OS refuses.
+///
+/// Over-maps by `align` and trims the unaligned head and tail, so no part of the
+/// result is lost to alignment.
+pub(crate) fn map_aligned(size: usize, align: usize) -> *mut u8 {
+    debug_assert!(align.is_power_of_two() && size % crate::config::page_size() == 0);
+    let Some(total) = size.checked_add(align) else {
+        return ptr::null_mut();
+    };
+    let raw = map(total);
+    if raw.is_null() {
+        return raw;
+    }
+    let start = raw as usize;
+    let aligned = (start + align - 1) & !(align - 1);
+    let head = aligned - start;
+    let tail = total - head - size;
+    // SAFETY: [start, start + head) and [aligned + size, start + total) lie inside the mapping
+    // just made and are not handed out; unmapping them leaves [aligned, aligned + size) mapped.
+    unsafe {
+        if head > 0 {
+            libc::munmap(raw.cast(), head);
+        }
+        if tail > 0 {
+            libc::munmap((aligned + size) as *mut libc::c_void, tail);
+        }
+    }
+    aligned as *mut u8
+}
+
+/// Maps `size` bytes of zeroed, read-write anonymous memory. Returns null when the OS refuses.
+pub(crate) fn map(size: usize) -> *mut u8 {
+    // SAFETY: an anonymous private mapping with a null hint touches no existing memory.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        ptr::null_mut()
+    } else {
+        p.cast()
+    }
+}
+
+/// Unmaps `[ptr, ptr + size)`.
+///
+/// # Safety
+/// The range must have been mapped by [`map`] or [`map_aligned`] and nothing may touch it afterwards.
+pub(crate) unsafe fn unmap(ptr: *mut u8, size: usize) {
+    // SAFETY: the caller guarantees the range is ours and dead.
+    let rc = unsafe { libc::munmap(ptr.cast(), size) };
+    debug_assert_eq!(rc, 0, "munmap failed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_mappings_are_aligned_zeroed_and_writable() {
+        for &align in &[1usize << 16, 1 << 20] {
+            let p = map_aligned(1 << 16, align);
+            assert!(!p.is_null());
+            assert_eq!(p as usize % align, 0);
+            // SAFETY: p maps 64 KiB of read-write memory that we own.
+            unsafe {
+                assert_eq!(*p.add(12345), 0);
+                *p.add(65535) = 7;
+                unmap(p, 1 << 16);
+            }
+        }
+    }
+}

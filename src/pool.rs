@@ -1,0 +1,244 @@
+//! Pools: 16 KiB runs of equal-size blocks, with their header at the pool start.
+//!
+//! A pool is found from any of its blocks by masking the address with the pool size
+//! ([`Geometry::pool_of`]), exactly as pymalloc's `POOL_ADDR`. The header is split in two
+//! cache lines: the *owner line* is touched only by the thread that owns the pool (free-threaded
+//! mode) or under the lock (GIL mode), and the *shared line* holds the atomics that other
+//! threads use (free-threaded mode only), so remote frees do not bounce the owner's line.
+//!
+//! Carving is lazy, as in pymalloc: blocks are handed out from the local LIFO free list, and
+//! when it is empty from the `nextoffset` mark, which moves up one block at a time; memory past
+//! the mark has never been touched. A pool that became empty and is reused for the same size
+//! class keeps its free list and mark (pymalloc's `szidx` shortcut).
+//!
+//! Accounting equation of a pool in use, in blocks, at any moment its owner looks:
+//! `ref_count + local free + (capacity - carved) == capacity`, where `carved` is
+//! `(nextoffset - overhead) / size`. In free-threaded mode `ref_count` still counts blocks on
+//! the remote list (they are handed back to the owner in bulk, see `thread_cache`), so
+//! `blocks in use == ref_count - remote`.
+
+use crate::config::Geometry;
+use crate::size_class::class_size;
+use crate::sync::{AtomicPtr, AtomicUsize};
+use core::ptr;
+
+/// A free block: its first word links the free list.
+#[repr(C)]
+pub(crate) struct Block {
+    pub(crate) next: *mut Block,
+}
+
+/// `szidx` of a pool that has never been initialised for a class.
+pub(crate) const NO_CLASS: u32 = u32::MAX;
+
+/// The header at the start of every pool.
+#[repr(C)]
+pub(crate) struct PoolHeader {
+    /// Blocks handed out by this pool and not yet returned to its local free list.
+    pub(crate) ref_count: u32,
+    /// Size class, or [`NO_CLASS`].
+    pub(crate) szidx: u32,
+    /// Index of the arena's descriptor.
+    pub(crate) arena_index: u32,
+    /// Offset of the first never-carved block.
+    pub(crate) nextoffset: u32,
+    /// Local LIFO free list.
+    pub(crate) freeblock: *mut Block,
+    /// List links: GIL mode's `usedpools` and arena free-pool lists; free-threaded mode's
+    /// per-thread partial lists.
+    pub(crate) nextpool: *mut PoolHeader,
+    pub(crate) prevpool: *mut PoolHeader,
+    /// Atomics shared with other threads (free-threaded mode).
+    pub(crate) shared: PoolShared,
+}
+
+/// The shared line of a pool header. See `thread_cache` for the protocol.
+#[repr(C, align(64))]
+pub(crate) struct PoolShared {
+    /// The owning thread cache's token, or 0 when the pool has no owner.
+    pub(crate) owner: AtomicUsize,
+    /// Head of the remote free list, with flag bits in the low 4 bits (blocks are 16-aligned).
+    pub(crate) remote: AtomicUsize,
+    /// Link in the central lists of abandoned pools.
+    pub(crate) next_abandoned: AtomicPtr<PoolHeader>,
+}
+
+impl PoolHeader {
+    /// Writes a fresh header for a pool that has never been carved, at `pool`.
+    ///
+    /// # Safety
+    /// `pool` must point to at least a header's worth of writable memory owned by the caller.
+    pub(crate) unsafe fn init_fresh(pool: *mut PoolHeader, arena_index: u32) {
+        // SAFETY: the caller owns the memory; `write` does not read the old (zero) contents.
+        unsafe {
+            ptr::write(
+                pool,
+                PoolHeader {
+                    ref_count: 0,
+                    szidx: NO_CLASS,
+                    arena_index,
+                    nextoffset: 0,
+                    freeblock: ptr::null_mut(),
+                    nextpool: ptr::null_mut(),
+                    prevpool: ptr::null_mut(),
+                    shared: PoolShared {
+                        owner: AtomicUsize::new(0),
+                        remote: AtomicUsize::new(0),
+                        next_abandoned: AtomicPtr::new(ptr::null_mut()),
+                    },
+                },
+            )
+        };
+    }
+
+    /// Prepares an empty pool to serve `class`. Keeps the free list and carve mark when the
+    /// pool served the same class before (pymalloc's `szidx` shortcut).
+    ///
+    /// # Safety
+    /// `pool` must be a header written by [`init_fresh`](Self::init_fresh), with no block in use,
+    /// owned by the caller.
+    #[inline]
+    pub(crate) unsafe fn prepare(pool: *mut PoolHeader, class: usize, geo: &Geometry) {
+        // SAFETY: the caller owns the header.
+        let p = unsafe { &mut *pool };
+        debug_assert_eq!(p.ref_count, 0);
+        if p.szidx != class as u32 {
+            p.szidx = class as u32;
+            p.nextoffset = geo.pool_overhead as u32;
+            p.freeblock = ptr::null_mut();
+        }
+    }
+
+    /// Hands out one block, or null if the pool is full.
+    ///
+    /// # Safety
+    /// `pool` must be a prepared pool owned by the caller (or guarded by the caller's lock).
+    #[inline(always)]
+    pub(crate) unsafe fn pop(pool: *mut PoolHeader, geo: &Geometry) -> *mut u8 {
+        // SAFETY: the caller owns the header.
+        let p = unsafe { &mut *pool };
+        let b = p.freeblock;
+        if !b.is_null() {
+            // SAFETY: blocks on the local free list are free blocks of this pool, whose first
+            // word is the link written by `push` or by remote-list collection.
+            p.freeblock = unsafe { (*b).next };
+            p.ref_count += 1;
+            return b.cast();
+        }
+        let size = class_size(p.szidx as usize) as u32;
+        if (p.nextoffset + size) as usize <= geo.pool_size {
+            let b = (pool as usize + p.nextoffset as usize) as *mut u8;
+            p.nextoffset += size;
+            p.ref_count += 1;
+            return b;
+        }
+        ptr::null_mut()
+    }
+
+    /// Returns a block to the local free list.
+    ///
+    /// # Safety
+    /// `block` must be a block of `pool` that is in use, and `pool` must be owned by the caller
+    /// (or guarded by the caller's lock).
+    #[inline(always)]
+    pub(crate) unsafe fn push(pool: *mut PoolHeader, block: *mut u8) {
+        // SAFETY: the caller owns the header and the block, which is at least 16 bytes.
+        unsafe {
+            let p = &mut *pool;
+            let b = block.cast::<Block>();
+            (*b).next = p.freeblock;
+            p.freeblock = b;
+            p.ref_count -= 1;
+        }
+    }
+
+    /// True when neither the free list nor the carve mark can give a block.
+    ///
+    /// # Safety
+    /// As for [`pop`](Self::pop).
+    #[inline(always)]
+    pub(crate) unsafe fn is_full(pool: *const PoolHeader, geo: &Geometry) -> bool {
+        // SAFETY: the caller owns the header.
+        let p = unsafe { &*pool };
+        p.freeblock.is_null()
+            && p.nextoffset as usize + class_size(p.szidx as usize) > geo.pool_size
+    }
+
+    /// True when `addr` is the start of a block already carved from `pool`.
+    ///
+    /// # Safety
+    /// `pool` must be a prepared pool header the caller may read.
+    pub(crate) unsafe fn is_block_start(
+        pool: *const PoolHeader,
+        addr: usize,
+        geo: &Geometry,
+    ) -> bool {
+        // SAFETY: the caller may read the header.
+        let p = unsafe { &*pool };
+        if p.szidx == NO_CLASS {
+            return false;
+        }
+        let off = addr - pool as usize;
+        off >= geo.pool_overhead
+            && off < p.nextoffset as usize
+            && (off - geo.pool_overhead) % class_size(p.szidx as usize) == 0
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<PoolHeader>() % 16 == 0);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn carving_is_lazy_lifo_and_keeps_the_free_list_on_reuse() {
+        let geo = Config::PYMALLOC.geometry().unwrap();
+        let mem = crate::os::map_aligned(geo.pool_size, geo.pool_size);
+        let pool = mem.cast::<PoolHeader>();
+        // SAFETY: `mem` is a fresh pool-aligned mapping we own exclusively.
+        unsafe {
+            PoolHeader::init_fresh(pool, 0);
+            PoolHeader::prepare(pool, 3, &geo); // 64-byte blocks
+            let cap = geo.blocks_per_pool(3);
+            let mut blocks = Vec::new();
+            loop {
+                let b = PoolHeader::pop(pool, &geo);
+                if b.is_null() {
+                    break;
+                }
+                assert!(PoolHeader::is_block_start(pool, b as usize, &geo));
+                blocks.push(b);
+            }
+            assert_eq!(blocks.len(), cap);
+            assert!(PoolHeader::is_full(pool, &geo));
+            assert_eq!(blocks[0] as usize, mem as usize + geo.pool_overhead);
+            assert_eq!(blocks[1] as usize - blocks[0] as usize, 64);
+            assert!(!PoolHeader::is_block_start(
+                pool,
+                blocks[0] as usize + 8,
+                &geo
+            ));
+            let last = blocks.pop().unwrap();
+            let prev = blocks.pop().unwrap();
+            PoolHeader::push(pool, prev);
+            PoolHeader::push(pool, last);
+            assert_eq!(PoolHeader::pop(pool, &geo), last, "LIFO");
+            PoolHeader::push(pool, last);
+            for b in blocks.drain(..) {
+                PoolHeader::push(pool, b);
+            }
+            assert_eq!((*pool).ref_count, 0);
+            let mark = (*pool).nextoffset;
+            let head = (*pool).freeblock.cast::<u8>();
+            PoolHeader::prepare(pool, 3, &geo);
+            assert_eq!((*pool).nextoffset, mark, "same class keeps the carve mark");
+            assert_eq!(PoolHeader::pop(pool, &geo), head, "and the free list");
+            PoolHeader::push(pool, head);
+            PoolHeader::prepare(pool, 0, &geo);
+            assert_eq!((*pool).nextoffset as usize, geo.pool_overhead);
+            crate::os::unmap(mem, geo.pool_size);
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Unit tests of [`Allocator`] across modules (layout, GIL algorithms, routing, stats).
+
+use super::*;
+use std::collections::HashSet;
+
+fn lay(size: usize) -> Layout {
+    Layout::from_size_align(size, 8).unwrap()
+}
+
+fn tiny() -> Config {
+    // Pools of 2 KiB (a few blocks of the large classes), arenas of 4 pools.
+    Config::new(2048, 8192)
+}
+
+#[test]
+fn blocks_are_aligned_distinct_and_sized_by_class() {
+    let a = Allocator::new(Mode::Gil);
+    let mut seen = HashSet::new();
+    let mut ptrs = Vec::new();
+    for size in 1..=512 {
+        // SAFETY: non-zero layout; freed below.
+        let p = unsafe { a.alloc(lay(size)) };
+        assert!(!p.is_null());
+        assert_eq!(p as usize % 16, 0);
+        assert!(a.owns(p));
+        // SAFETY: p is live.
+        assert_eq!(unsafe { a.usable_size(p) }, (size + 15) / 16 * 16);
+        assert!(seen.insert(p as usize));
+        ptrs.push((p, size));
+    }
+    a.check_invariants();
+    for (p, size) in ptrs {
+        // SAFETY: p is live, allocated with this layout.
+        unsafe { a.dealloc(p, lay(size)) };
+    }
+    a.check_invariants();
+    let s = a.stats();
+    assert_eq!(s.blocks_in_use(), 0);
+    assert_eq!(s.total(), s.mapped_bytes());
+}
+
+#[test]
+fn large_zero_and_overaligned_requests_go_underneath() {
+    let a = Allocator::new(Mode::Gil);
+    let cases = [
+        Layout::from_size_align(513, 8).unwrap(),
+        Layout::from_size_align(0, 1).unwrap(),
+        Layout::from_size_align(64, 64).unwrap(),
+        Layout::from_size_align(100_000, 4096).unwrap(),
+    ];
+    for l in cases {
+        // SAFETY: valid layouts; freed below.
+        let p = unsafe { a.alloc(l) };
+        assert!(!p.is_null());
+        assert!(!a.owns(p), "{l:?} must not come from a pool");
+        assert_eq!(p as usize % l.align(), 0);
+        // SAFETY: p is live.
+        unsafe { a.dealloc(p, l) };
+    }
+    assert_eq!(a.stats().counters.allocated_total, 0);
+}
+
+#[test]
+fn foreign_pointers_are_routed_to_the_system_allocator() {
+    let a = Allocator::new(Mode::Gil);
+    // SAFETY: plain malloc; handed to `free`, which routes it back to libc.
+    unsafe {
+        let p = libc::malloc(24).cast::<u8>();
+        assert!(!a.owns(p));
+        assert!(a.usable_size(p) >= 24);
+        a.free(p);
+        a.free(ptr::null_mut());
+    }
+    // A pointer of another instance is not ours either.
+    let b = Allocator::new(Mode::Gil);
+    // SAFETY: allocated from b, freed to b.
+    unsafe {
+        let p = b.alloc(lay(32));
+        assert!(b.owns(p) && !a.owns(p));
+        b.dealloc(p, lay(32));
+    }
+}
+
+#[test]
+fn realloc_follows_pymalloc() {
+    let a = Allocator::new(Mode::Gil);
+    // SAFETY: every pointer used is live; layouts match.
+    unsafe {
+        let p = a.alloc(lay(100)); // 112-byte block
+        for i in 0..100 {
+            *p.add(i) = i as u8;
+        }
+        // 85..=112 stay in place (above 3/4 of 112 = 84).
+        assert_eq!(a.realloc(p, lay(100), 112), p);
+        assert_eq!(a.realloc(p, lay(112), 85), p);
+        let q = a.realloc(p, lay(85), 84);
+        assert_ne!(q, p, "at 3/4 or below the block moves");
+        assert_eq!(a.usable_size(q), 96);
+        for i in 0..84 {
+            assert_eq!(*q.add(i), i as u8);
+        }
+        let r = a.realloc(q, lay(84), 5000);
+        assert!(!a.owns(r));
+        for i in 0..84 {
+            assert_eq!(*r.add(i), i as u8);
+        }
+        let s = a.realloc(r, lay(5000), 10000);
+        for i in 0..84 {
+            assert_eq!(*s.add(i), i as u8);
+        }
+        // A foreign pointer shrunk to a small size stays foreign.
+        let t = a.realloc(s, lay(10000), 16);
+        assert!(!a.owns(t));
+        assert_eq!(*t.add(15), 15);
+        a.dealloc(t, lay(16));
+    }
+    assert_eq!(a.stats().blocks_in_use(), 0);
+}
+
+#[test]
+fn full_pools_leave_and_rejoin_usedpools() {
+    let a = Allocator::with_config(Mode::Gil, tiny()).unwrap();
+    let g = *a.geometry();
+    let class = g.num_classes - 1;
+    let size = class_size(class);
+    let per_pool = g.blocks_per_pool(class);
+    // SAFETY: blocks are live until freed once.
+    unsafe {
+        let ps: Vec<_> = (0..per_pool * 3).map(|_| a.alloc(lay(size))).collect();
+        a.check_invariants();
+        assert_eq!(a.stats().classes[class].pools, 3);
+        // Free one block from the first (full) pool: it rejoins usedpools at the front, so the
+        // next allocation reuses that block.
+        a.dealloc(ps[0], lay(size));
+        a.check_invariants();
+        assert_eq!(a.alloc(lay(size)), ps[0]);
+        for &p in &ps {
+            a.dealloc(p, lay(size));
+            a.check_invariants();
+        }
+    }
+}
+
+#[test]
+fn arenas_stay_sorted_and_empty_ones_are_released_but_one() {
+    let a = Allocator::with_config(Mode::Gil, tiny()).unwrap();
+    let g = *a.geometry();
+    let size = class_size(g.num_classes - 1);
+    let per_arena = g.blocks_per_pool(g.num_classes - 1) * g.pools_per_arena;
+    let mut blocks: Vec<*mut u8> = Vec::new();
+    // SAFETY: blocks are live until freed once.
+    unsafe {
+        for _ in 0..per_arena * 5 {
+            blocks.push(a.alloc(lay(size)));
+        }
+        assert_eq!(a.stats().counters.current, 5);
+        a.check_invariants();
+        // Free in a scattered order, checking the sorted list and nfp2lasta after every step.
+        let mut order: Vec<usize> = (0..blocks.len()).collect();
+        let mut x = 12345u64;
+        for i in (1..order.len()).rev() {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            order.swap(i, (x >> 33) as usize % (i + 1));
+        }
+        for i in order {
+            a.dealloc(blocks[i], lay(size));
+            a.check_invariants();
+            let s = a.stats();
+            assert_eq!(s.total(), s.mapped_bytes());
+        }
+    }
+    let s = a.stats();
+    assert_eq!(s.blocks_in_use(), 0);
+    assert_eq!(
+        s.counters.current, 1,
+        "pymalloc keeps exactly one empty arena"
+    );
+    assert_eq!(s.counters.reclaimed, 4);
+    assert_eq!(s.counters.highwater, 5);
+}
+
+#[test]
+fn most_full_arena_serves_first() {
+    let a = Allocator::with_config(Mode::Gil, tiny()).unwrap();
+    let g = *a.geometry();
+    let class = g.num_classes - 1;
+    let size = class_size(class);
+    let per_pool = g.blocks_per_pool(class);
+    // SAFETY: blocks are live until freed once.
+    unsafe {
+        // Two arenas, full.
+        let n = per_pool * g.pools_per_arena * 2;
+        let blocks: Vec<_> = (0..n).map(|_| a.alloc(lay(size))).collect();
+        let arena_of = |p: *mut u8| g.arena_of(p as usize);
+        let (a0, a1) = (arena_of(blocks[0]), arena_of(blocks[n - 1]));
+        assert_ne!(a0, a1);
+        // Empty two pools of a0 and one pool of a1: a1 has fewer free pools, so it is used first.
+        let mut freed = 0;
+        for &p in blocks.iter() {
+            if arena_of(p) == a0 && freed < per_pool * 2 {
+                a.dealloc(p, lay(size));
+                freed += 1;
+            }
+        }
+        let mut freed1 = 0;
+        for &p in blocks.iter().rev() {
+            if arena_of(p) == a1 && freed1 < per_pool {
+                a.dealloc(p, lay(size));
+                freed1 += 1;
+            }
+        }
+        a.check_invariants();
+        let q = a.alloc(lay(16));
+        assert_eq!(
+            arena_of(q),
+            a1,
+            "allocation must come from the fullest arena"
+        );
+        a.dealloc(q, lay(16));
+    }
+}
+
+#[test]
+fn stats_display_balances() {
+    let a = Allocator::new(Mode::Gil);
+    // SAFETY: blocks freed below.
+    let ps: Vec<_> = (1..=300).map(|i| unsafe { a.alloc(lay(i)) }).collect();
+    let s = a.stats();
+    assert_eq!(s.blocks_in_use(), 300);
+    assert_eq!(s.total(), s.mapped_bytes());
+    let text = s.to_string();
+    assert!(
+        text.contains("# arenas allocated current         =                     1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Total                              =             1,048,576"),
+        "{text}"
+    );
+    for (i, p) in ps.into_iter().enumerate() {
+        // SAFETY: live block with this layout.
+        unsafe { a.dealloc(p, lay(i + 1)) };
+    }
+}
