@@ -90,6 +90,11 @@ impl Config {
                 "pool_size leaves no room for two 16-byte blocks after the pool header",
             ));
         }
+        if (self.pool_size - pool_overhead) / ALIGNMENT > MAX_BLOCKS_PER_POOL {
+            return Err(err(
+                "pool_size too large: a pool may hold at most 65535 blocks",
+            ));
+        }
         // Largest class that still fits two blocks after the header.
         let room = (self.pool_size - pool_overhead) / 2;
         let small_limit = (room / ALIGNMENT * ALIGNMENT).min(MAX_SMALL_REQUEST);
@@ -111,6 +116,9 @@ impl Default for Config {
         Config::PYMALLOC
     }
 }
+
+/// Most blocks a pool may hold: the free-threaded mode counts remote frees in 16 bits.
+pub(crate) const MAX_BLOCKS_PER_POOL: usize = 0xffff;
 
 /// Bytes at the start of every pool taken by its header, rounded up to [`ALIGNMENT`].
 pub(crate) fn pool_overhead() -> usize {

@@ -95,6 +95,7 @@ impl GilHeap {
         })
     }
 
+    /// Takes the lock (the GIL).
     #[inline(always)]
     pub(crate) fn lock(&self) -> MutexGuard<'_, GilCore> {
         // The allocator never panics with the lock held; a poisoned lock still guards
@@ -132,8 +133,8 @@ impl GilCore {
         unsafe {
             let was_full = PoolHeader::is_full(pool, &self.geo);
             PoolHeader::push(pool, block);
-            let class = (*pool).szidx as usize;
-            if (*pool).ref_count == 0 {
+            let class = (*pool).class() as usize;
+            if (*pool).refs() == 0 {
                 if !was_full {
                     self.unlink_used(pool, class);
                 }
@@ -386,8 +387,8 @@ impl GilCore {
             while pool < ao.pool_address {
                 // SAFETY: pools below pool_address were carved and have headers.
                 let p = unsafe { &*(pool as *const PoolHeader) };
-                if p.ref_count > 0 {
-                    stats.add_pool(p.szidx as usize, p.ref_count as usize, &self.geo);
+                if p.refs() > 0 {
+                    stats.add_pool(p.class() as usize, p.refs() as usize, &self.geo);
                 }
                 pool += self.geo.pool_size;
             }
@@ -432,7 +433,7 @@ impl GilCore {
                 let mut in_use = 0;
                 let mut pool = ao.address;
                 while pool < ao.pool_address {
-                    if (*(pool as *const PoolHeader)).ref_count > 0 {
+                    if (*(pool as *const PoolHeader)).refs() > 0 {
                         in_use += 1;
                     }
                     pool += self.geo.pool_size;
@@ -442,8 +443,8 @@ impl GilCore {
             for c in 0..NUM_CLASSES {
                 let mut p = self.usedpools[c];
                 while !p.is_null() {
-                    assert_eq!((*p).szidx as usize, c);
-                    assert!((*p).ref_count > 0);
+                    assert_eq!((*p).class() as usize, c);
+                    assert!((*p).refs() > 0);
                     assert!(!PoolHeader::is_full(p, &self.geo));
                     p = (*p).nextpool;
                 }

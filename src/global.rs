@@ -35,7 +35,7 @@ static STATE: AtomicU8 = AtomicU8::new(UNINIT);
 static INSTANCE: Instance = Instance(UnsafeCell::new(MaybeUninit::uninit()));
 
 /// The mode used when `FTMALLOC_MODE` is unset or empty.
-pub const DEFAULT_MODE: Mode = Mode::Gil;
+pub const DEFAULT_MODE: Mode = Mode::FreeThreaded;
 
 impl FtMalloc {
     /// The process-wide heap behind `FtMalloc`, built on first use.
@@ -73,6 +73,9 @@ fn init_slow() -> &'static Allocator {
         // SAFETY: we won the UNINIT -> BUSY race, so nobody else reads or writes the cell.
         unsafe { (*INSTANCE.0.get()).write(Allocator::new(mode)) };
         STATE.store(READY, Ordering::Release);
+        // SAFETY: the handlers are valid extern "C" fns; registering may allocate through the
+        // C library's own allocator, not this one.
+        unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
         if stats {
             // SAFETY: print_stats is a valid extern "C" fn with no arguments.
             unsafe { libc::atexit(print_stats) };
@@ -214,6 +217,41 @@ pub(crate) fn die_fmt(msg: impl fmt::Display) -> ! {
     w.flush();
     // SAFETY: abort has no preconditions.
     unsafe { libc::abort() }
+}
+
+/// Runs `f` on the process-wide heap if it exists and is free-threaded (thread exit).
+#[cfg(not(loom))]
+pub(crate) fn thread_exit(f: impl FnOnce(&crate::ft::FtHeap, &crate::thread_cache::Ctx<'_>)) {
+    if STATE.load(Ordering::Acquire) == READY {
+        // SAFETY: READY observed with acquire.
+        let a = unsafe { (*INSTANCE.0.get()).assume_init_ref() };
+        a.with_ft(f);
+    }
+}
+
+/// The GIL-mode lock held across `fork` (taken in prepare, dropped in parent and child).
+struct ForkGuard(UnsafeCell<Option<std::sync::MutexGuard<'static, crate::gil::GilCore>>>);
+// SAFETY: touched only by the forking thread, between its prepare and parent/child handlers.
+unsafe impl Sync for ForkGuard {}
+static FORK_GUARD: ForkGuard = ForkGuard(UnsafeCell::new(None));
+
+extern "C" fn fork_prepare() {
+    // GIL mode: hold the lock across fork so the child never inherits it mid-update.
+    // Free-threaded mode has no lock; the child keeps the forking thread's cache and other
+    // threads' caches are simply abandoned (their pools leak into the child, nothing more).
+    let g = FtMalloc::instance().fork_lock();
+    // SAFETY: only the forking thread runs the handlers (see ForkGuard).
+    unsafe { *FORK_GUARD.0.get() = g };
+}
+
+extern "C" fn fork_parent() {
+    // SAFETY: as in fork_prepare.
+    unsafe { *FORK_GUARD.0.get() = None };
+}
+
+extern "C" fn fork_child() {
+    // SAFETY: as in fork_prepare. The child is single-threaded; unlocking is sound.
+    unsafe { *FORK_GUARD.0.get() = None };
 }
 
 extern "C" fn print_stats() {

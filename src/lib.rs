@@ -34,7 +34,9 @@
 #![warn(missing_docs)]
 
 mod arena_map;
+mod central;
 mod config;
+mod ft;
 mod gil;
 mod global;
 mod large;
@@ -43,34 +45,40 @@ mod pool;
 pub mod size_class;
 mod stats;
 mod sync;
+mod thread_cache;
 
 pub use config::{Config, ConfigError, Geometry};
-pub use global::FtMalloc;
+pub use global::{FtMalloc, DEFAULT_MODE};
 pub use stats::{ArenaCounters, ClassStats, Stats};
 
 use arena_map::ArenaMap;
 use core::alloc::Layout;
 use core::fmt;
 use core::ptr;
+use ft::FtHeap;
 use gil::GilHeap;
 use pool::PoolHeader;
 use size_class::{class_size, size_to_class, ALIGNMENT};
+use thread_cache::{Cache, Ctx};
 
 /// Which concurrency design an [`Allocator`] uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mode {
     /// pymalloc's algorithms behind one global lock.
     Gil,
+    /// Thread caches over a lock-free central arena list; no lock on any path.
+    FreeThreaded,
 }
 
 impl Mode {
     /// The names accepted by [`Mode::from_name`] (and by `FTMALLOC_MODE`).
-    pub const NAMES: &'static [&'static str] = &["gil"];
+    pub const NAMES: &'static [&'static str] = &["ft", "gil"];
 
-    /// The mode called `name` (`"gil"`), if any.
+    /// The mode called `name` (`"ft"` or `"gil"`), if any.
     pub fn from_name(name: &str) -> Option<Mode> {
         match name {
             "gil" => Some(Mode::Gil),
+            "ft" => Some(Mode::FreeThreaded),
             _ => None,
         }
     }
@@ -79,6 +87,7 @@ impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Mode::Gil => "gil",
+            Mode::FreeThreaded => "ft",
         }
     }
 }
@@ -91,6 +100,7 @@ impl fmt::Display for Mode {
 
 enum Front {
     Gil(GilHeap),
+    Ft(FtHeap),
 }
 
 /// An independent ftmalloc heap. Two instances share nothing.
@@ -133,6 +143,9 @@ impl Allocator {
         let map = ArenaMap::new(geo.arena_shift).unwrap_or_else(|| out_of_address_space());
         let front = match mode {
             Mode::Gil => Front::Gil(GilHeap::new(geo).unwrap_or_else(|| out_of_address_space())),
+            Mode::FreeThreaded => {
+                Front::Ft(FtHeap::new(geo).unwrap_or_else(|| out_of_address_space()))
+            }
         };
         Ok(Allocator { geo, map, front })
     }
@@ -141,6 +154,7 @@ impl Allocator {
     pub fn mode(&self) -> Mode {
         match self.front {
             Front::Gil(_) => Mode::Gil,
+            Front::Ft(_) => Mode::FreeThreaded,
         }
     }
 
@@ -171,6 +185,16 @@ impl Allocator {
             let class = size_to_class(layout.size());
             match &self.front {
                 Front::Gil(h) => h.lock().alloc(class, &self.map),
+                Front::Ft(h) => {
+                    let cx = h.ctx(&self.geo, &self.map);
+                    let c = h.local_cache();
+                    if c.is_null() {
+                        h.alloc_cacheless(class, &cx)
+                    } else {
+                        // SAFETY: the bound cache is used by this thread only.
+                        unsafe { (*c).alloc(class, &cx) }
+                    }
+                }
             }
         } else {
             large::alloc(layout.size(), layout.align())
@@ -212,6 +236,8 @@ impl Allocator {
             match &self.front {
                 // SAFETY: the map says ptr is in one of our arenas; by contract it is a live block.
                 Front::Gil(h) => unsafe { h.lock().free(pool, ptr, &self.map) },
+                // SAFETY: as above.
+                Front::Ft(h) => unsafe { h.free(pool, ptr, &h.ctx(&self.geo, &self.map)) },
             }
         } else if !ptr.is_null() {
             // SAFETY: not ours, so by contract it belongs to the allocator underneath.
@@ -238,7 +264,7 @@ impl Allocator {
             let pool = self.geo.pool_of(ptr as usize) as *const PoolHeader;
             // SAFETY: ptr is a live block of ours, so its pool header is initialised and its
             // class does not change while the block is live.
-            class_size(unsafe { (*pool).szidx } as usize)
+            class_size(unsafe { (*pool).class() } as usize)
         } else if ptr.is_null() {
             0
         } else {
@@ -304,14 +330,54 @@ impl Allocator {
         let mut s = Stats::empty(self.mode(), &self.geo);
         match &self.front {
             Front::Gil(h) => h.lock().fill_stats(&mut s),
+            Front::Ft(h) => h.fill_stats(&mut s, &self.geo),
         }
         s
+    }
+
+    /// An explicit thread cache: a handle that owns pools of this heap, for one thread at a
+    /// time (tests, loom models, benchmarks). Dropping it abandons its pools to the heap, as a
+    /// thread exit does. In GIL mode the handle simply forwards to the locked heap.
+    ///
+    /// Returns `None` when the heap's cache table is full.
+    pub fn thread_cache(&self) -> Option<ThreadCache<'_>> {
+        let cache = match &self.front {
+            Front::Gil(_) => ptr::null_mut(),
+            Front::Ft(h) => {
+                let c = h.acquire_cache();
+                if c.is_null() {
+                    return None;
+                }
+                c
+            }
+        };
+        Some(ThreadCache { heap: self, cache })
+    }
+
+    /// Runs `f` with the free-threaded heap, if this is one.
+    #[cfg(not(loom))]
+    fn with_ft(&self, f: impl FnOnce(&FtHeap, &Ctx<'_>)) {
+        if let Front::Ft(h) = &self.front {
+            f(h, &h.ctx(&self.geo, &self.map));
+        }
+    }
+
+    /// The GIL-mode lock, for `fork`: None in free-threaded mode.
+    fn fork_lock(&'static self) -> Option<std::sync::MutexGuard<'static, gil::GilCore>> {
+        match &self.front {
+            Front::Gil(h) => Some(h.lock()),
+            Front::Ft(_) => None,
+        }
     }
 
     #[cfg(test)]
     fn check_invariants(&self) {
         match &self.front {
             Front::Gil(h) => h.lock().check_invariants(),
+            Front::Ft(_) => {
+                let s = self.stats();
+                assert_eq!(s.total(), s.mapped_bytes());
+            }
         }
     }
 }
@@ -320,6 +386,112 @@ impl Drop for Allocator {
     fn drop(&mut self) {
         match &mut self.front {
             Front::Gil(h) => h.lock().release_all(&self.map),
+            Front::Ft(h) => h.release_all(&self.map),
+        }
+    }
+}
+
+/// An explicit thread cache of an [`Allocator`] (see [`Allocator::thread_cache`]).
+///
+/// It may move between threads but is used by one at a time (`&mut self`). Blocks it allocates
+/// may be freed anywhere (through the heap, another handle, or this one); blocks of other
+/// caches freed through it are remote frees.
+pub struct ThreadCache<'a> {
+    heap: &'a Allocator,
+    /// Null in GIL mode.
+    cache: *mut Cache,
+}
+
+// SAFETY: the cache slot is used only through &mut self, so by one thread at a time; pools it
+// owns are touched by other threads only through their atomics.
+unsafe impl Send for ThreadCache<'_> {}
+
+impl fmt::Debug for ThreadCache<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThreadCache")
+            .field("mode", &self.heap.mode())
+            .finish()
+    }
+}
+
+impl ThreadCache<'_> {
+    /// The heap this cache belongs to.
+    pub fn heap(&self) -> &Allocator {
+        self.heap
+    }
+
+    /// Allocates for `layout` from this cache; null when memory is exhausted.
+    ///
+    /// # Safety
+    /// As [`Allocator::alloc`].
+    #[inline]
+    pub unsafe fn alloc(&mut self, layout: Layout) -> *mut u8 {
+        let h = self.heap;
+        if h.is_small(layout) {
+            if let Front::Ft(ft) = &h.front {
+                // SAFETY: the slot is ours (acquired in thread_cache, used through &mut self).
+                return unsafe {
+                    (*self.cache).alloc(size_to_class(layout.size()), &ft.ctx(&h.geo, &h.map))
+                };
+            }
+        }
+        // SAFETY: forwarded contract.
+        unsafe { h.alloc(layout) }
+    }
+
+    /// Frees `ptr` (any block of the heap, or a foreign pointer, as [`Allocator::free`]).
+    ///
+    /// # Safety
+    /// As [`Allocator::free`].
+    #[inline]
+    pub unsafe fn free(&mut self, ptr: *mut u8) {
+        let h = self.heap;
+        if let Front::Ft(ft) = &h.front {
+            if h.map.lookup(ptr as usize).is_some() {
+                let pool = h.geo.pool_of(ptr as usize) as *mut PoolHeader;
+                let cx = ft.ctx(&h.geo, &h.map);
+                // SAFETY: ptr is a live block of ours (contract), so its pool is claimed; the
+                // slot is ours.
+                unsafe {
+                    if (*self.cache).owns(pool) {
+                        (*self.cache).free_local(pool, ptr, &cx);
+                    } else {
+                        thread_cache::remote_free(pool, ptr, &ft.central);
+                    }
+                }
+                return;
+            }
+        }
+        // SAFETY: forwarded contract.
+        unsafe { h.free(ptr) }
+    }
+
+    /// Frees a block allocated with `layout` (as [`free`](Self::free)).
+    ///
+    /// # Safety
+    /// As [`Allocator::dealloc`].
+    #[inline]
+    pub unsafe fn dealloc(&mut self, ptr: *mut u8, _layout: Layout) {
+        // SAFETY: forwarded contract.
+        unsafe { self.free(ptr) }
+    }
+
+    /// Pools this cache owns now (0 in GIL mode).
+    pub fn pools(&self) -> usize {
+        if self.cache.is_null() {
+            0
+        } else {
+            // SAFETY: the slot is ours.
+            unsafe { (*self.cache).pool_count() }
+        }
+    }
+}
+
+impl Drop for ThreadCache<'_> {
+    fn drop(&mut self) {
+        if let Front::Ft(ft) = &self.heap.front {
+            // SAFETY: the slot is ours and dies with the handle.
+            unsafe { ft.release_cache(self.cache, &ft.ctx(&self.heap.geo, &self.heap.map)) };
         }
     }
 }

@@ -21,6 +21,7 @@ use crate::config::Geometry;
 use crate::size_class::class_size;
 use crate::sync::{AtomicPtr, AtomicUsize};
 use core::ptr;
+use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 /// A free block: its first word links the free list.
 #[repr(C)]
@@ -32,16 +33,22 @@ pub(crate) struct Block {
 pub(crate) const NO_CLASS: u32 = u32::MAX;
 
 /// The header at the start of every pool.
+///
+/// `ref_count`, `szidx` and `nextoffset` are written only by the owner (or under the lock), with
+/// plain relaxed loads and stores (no read-modify-write, so the same instructions as plain
+/// fields); they are atomics only so that [`Allocator::stats`](crate::Allocator::stats) may read
+/// them while threads run without a data race. No protocol depends on them, so they are
+/// `core` atomics, outside the loom facade.
 #[repr(C)]
 pub(crate) struct PoolHeader {
     /// Blocks handed out by this pool and not yet returned to its local free list.
-    pub(crate) ref_count: u32,
+    pub(crate) ref_count: AtomicU32,
     /// Size class, or [`NO_CLASS`].
-    pub(crate) szidx: u32,
+    pub(crate) szidx: AtomicU32,
     /// Index of the arena's descriptor.
     pub(crate) arena_index: u32,
     /// Offset of the first never-carved block.
-    pub(crate) nextoffset: u32,
+    pub(crate) nextoffset: AtomicU32,
     /// Local LIFO free list.
     pub(crate) freeblock: *mut Block,
     /// List links: GIL mode's `usedpools` and arena free-pool lists; free-threaded mode's
@@ -74,10 +81,10 @@ impl PoolHeader {
             ptr::write(
                 pool,
                 PoolHeader {
-                    ref_count: 0,
-                    szidx: NO_CLASS,
+                    ref_count: AtomicU32::new(0),
+                    szidx: AtomicU32::new(NO_CLASS),
                     arena_index,
-                    nextoffset: 0,
+                    nextoffset: AtomicU32::new(0),
                     freeblock: ptr::null_mut(),
                     nextpool: ptr::null_mut(),
                     prevpool: ptr::null_mut(),
@@ -101,10 +108,10 @@ impl PoolHeader {
     pub(crate) unsafe fn prepare(pool: *mut PoolHeader, class: usize, geo: &Geometry) {
         // SAFETY: the caller owns the header.
         let p = unsafe { &mut *pool };
-        debug_assert_eq!(p.ref_count, 0);
-        if p.szidx != class as u32 {
-            p.szidx = class as u32;
-            p.nextoffset = geo.pool_overhead as u32;
+        debug_assert_eq!(p.ref_count.load(Relaxed), 0);
+        if p.szidx.load(Relaxed) != class as u32 {
+            p.szidx.store(class as u32, Relaxed);
+            p.nextoffset.store(geo.pool_overhead as u32, Relaxed);
             p.freeblock = ptr::null_mut();
         }
     }
@@ -122,15 +129,15 @@ impl PoolHeader {
             // SAFETY: blocks on the local free list are free blocks of this pool, whose first
             // word is the link written by `push` or by remote-list collection.
             p.freeblock = unsafe { (*b).next };
-            p.ref_count += 1;
+            p.add_ref(1);
             return b.cast();
         }
-        let size = class_size(p.szidx as usize) as u32;
-        if (p.nextoffset + size) as usize <= geo.pool_size {
-            let b = (pool as usize + p.nextoffset as usize) as *mut u8;
-            p.nextoffset += size;
-            p.ref_count += 1;
-            return b;
+        let size = class_size(p.szidx.load(Relaxed) as usize) as u32;
+        let next = p.nextoffset.load(Relaxed);
+        if (next + size) as usize <= geo.pool_size {
+            p.nextoffset.store(next + size, Relaxed);
+            p.add_ref(1);
+            return (pool as usize + next as usize) as *mut u8;
         }
         ptr::null_mut()
     }
@@ -148,8 +155,34 @@ impl PoolHeader {
             let b = block.cast::<Block>();
             (*b).next = p.freeblock;
             p.freeblock = b;
-            p.ref_count -= 1;
+            p.sub_ref(1);
         }
+    }
+
+    /// `ref_count += n` by the owner (a load and a store, no read-modify-write).
+    #[inline(always)]
+    pub(crate) fn add_ref(&self, n: u32) {
+        self.ref_count
+            .store(self.ref_count.load(Relaxed) + n, Relaxed);
+    }
+
+    /// `ref_count -= n` by the owner (a load and a store, no read-modify-write).
+    #[inline(always)]
+    pub(crate) fn sub_ref(&self, n: u32) {
+        self.ref_count
+            .store(self.ref_count.load(Relaxed) - n, Relaxed);
+    }
+
+    /// The owner's view of `ref_count`.
+    #[inline(always)]
+    pub(crate) fn refs(&self) -> u32 {
+        self.ref_count.load(Relaxed)
+    }
+
+    /// The size class (or [`NO_CLASS`]).
+    #[inline(always)]
+    pub(crate) fn class(&self) -> u32 {
+        self.szidx.load(Relaxed)
     }
 
     /// True when neither the free list nor the carve mark can give a block.
@@ -161,7 +194,7 @@ impl PoolHeader {
         // SAFETY: the caller owns the header.
         let p = unsafe { &*pool };
         p.freeblock.is_null()
-            && p.nextoffset as usize + class_size(p.szidx as usize) > geo.pool_size
+            && p.nextoffset.load(Relaxed) as usize + class_size(p.class() as usize) > geo.pool_size
     }
 
     /// True when `addr` is the start of a block already carved from `pool`.
@@ -175,13 +208,13 @@ impl PoolHeader {
     ) -> bool {
         // SAFETY: the caller may read the header.
         let p = unsafe { &*pool };
-        if p.szidx == NO_CLASS {
+        if p.class() == NO_CLASS {
             return false;
         }
         let off = addr - pool as usize;
         off >= geo.pool_overhead
-            && off < p.nextoffset as usize
-            && (off - geo.pool_overhead) % class_size(p.szidx as usize) == 0
+            && off < p.nextoffset.load(Relaxed) as usize
+            && (off - geo.pool_overhead) % class_size(p.class() as usize) == 0
     }
 }
 
@@ -229,15 +262,19 @@ mod tests {
             for b in blocks.drain(..) {
                 PoolHeader::push(pool, b);
             }
-            assert_eq!((*pool).ref_count, 0);
-            let mark = (*pool).nextoffset;
+            assert_eq!((*pool).refs(), 0);
+            let mark = (*pool).nextoffset.load(Relaxed);
             let head = (*pool).freeblock.cast::<u8>();
             PoolHeader::prepare(pool, 3, &geo);
-            assert_eq!((*pool).nextoffset, mark, "same class keeps the carve mark");
+            assert_eq!(
+                (*pool).nextoffset.load(Relaxed),
+                mark,
+                "same class keeps the carve mark"
+            );
             assert_eq!(PoolHeader::pop(pool, &geo), head, "and the free list");
             PoolHeader::push(pool, head);
             PoolHeader::prepare(pool, 0, &geo);
-            assert_eq!((*pool).nextoffset as usize, geo.pool_overhead);
+            assert_eq!((*pool).nextoffset.load(Relaxed) as usize, geo.pool_overhead);
             crate::os::unmap(mem, geo.pool_size);
         }
     }

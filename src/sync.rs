@@ -12,3 +12,19 @@ pub(crate) use loom::sync::atomic::{fence, AtomicPtr, AtomicU64, AtomicUsize, Or
 #[cfg(not(loom))]
 #[allow(unused_imports)]
 pub(crate) use core::sync::atomic::{fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+/// Declares a thread-local: const-initialised `std::thread_local!` normally, `loom::thread_local!`
+/// under loom (which has no const form).
+#[cfg(not(loom))]
+macro_rules! ft_thread_local {
+    (static $name:ident: $t:ty = $e:expr;) => {
+        std::thread_local!(static $name: $t = const { $e });
+    };
+}
+#[cfg(loom)]
+macro_rules! ft_thread_local {
+    (static $name:ident: $t:ty = $e:expr;) => {
+        loom::thread_local!(static $name: $t = $e);
+    };
+}
+pub(crate) use ft_thread_local;

@@ -244,3 +244,186 @@ fn stats_display_balances() {
         unsafe { a.dealloc(p, lay(i + 1)) };
     }
 }
+
+// ---- free-threaded mode ----
+
+fn ft_tiny() -> Allocator {
+    Allocator::with_config(Mode::FreeThreaded, tiny()).unwrap()
+}
+
+#[test]
+fn every_mode_serves_and_balances() {
+    for &name in Mode::NAMES {
+        let a = Allocator::new(Mode::from_name(name).unwrap());
+        let mut ps = Vec::new();
+        for size in 1..=512 {
+            // SAFETY: freed below.
+            let p = unsafe { a.alloc(lay(size)) };
+            assert!(a.owns(p) && p as usize % 16 == 0);
+            // SAFETY: p is a fresh block of `size` bytes.
+            unsafe { ptr::write_bytes(p, size as u8, size) };
+            ps.push((p, size));
+        }
+        let s = a.stats();
+        assert_eq!(s.blocks_in_use(), 512, "{name}");
+        assert_eq!(s.total(), s.mapped_bytes(), "{name}");
+        for (p, size) in ps {
+            // SAFETY: live block with this layout.
+            unsafe {
+                assert_eq!(*p.add(size - 1), size as u8);
+                a.dealloc(p, lay(size));
+            }
+        }
+        let s = a.stats();
+        assert_eq!(s.blocks_in_use(), 0, "{name}");
+        assert_eq!(s.total(), s.mapped_bytes(), "{name}");
+    }
+}
+
+#[test]
+fn ft_remote_frees_come_back_to_the_owner() {
+    let a = Allocator::new(Mode::FreeThreaded);
+    let size = 16;
+    let mut tc = a.thread_cache().unwrap();
+    // SAFETY: blocks are live until freed once.
+    unsafe {
+        // Ten blocks of the owner's current pool (far from full).
+        let blocks: Vec<usize> = (0..10).map(|_| tc.alloc(lay(size)) as usize).collect();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for &b in &blocks {
+                    a.free(b as *mut u8); // this thread owns nothing: remote frees
+                }
+            });
+        });
+        assert_eq!(a.stats().blocks_in_use(), 0);
+        // The owner collects them when its pool runs dry: filling the pool's capacity again
+        // reuses exactly those blocks, with no second pool.
+        let cap = a.geometry().blocks_per_pool(0);
+        let again: Vec<usize> = (0..cap).map(|_| tc.alloc(lay(size)) as usize).collect();
+        let set: HashSet<usize> = again.iter().copied().collect();
+        assert!(blocks.iter().all(|b| set.contains(b)));
+        assert_eq!(a.stats().classes[0].pools, 1);
+        for b in again {
+            tc.free(b as *mut u8);
+        }
+    }
+}
+
+#[test]
+fn ft_full_pool_made_usable_by_a_remote_free_is_adopted() {
+    let a = ft_tiny();
+    let g = *a.geometry();
+    let class = g.num_classes - 1;
+    let size = class_size(class);
+    let per_pool = g.blocks_per_pool(class);
+    let mut owner = a.thread_cache().unwrap();
+    // SAFETY: blocks are live until freed once.
+    unsafe {
+        // Fill one pool and ask for one more block: the owner detaches the full pool.
+        let first: Vec<usize> = (0..per_pool)
+            .map(|_| owner.alloc(lay(size)) as usize)
+            .collect();
+        let extra = owner.alloc(lay(size));
+        assert_ne!(g.pool_of(extra as usize), g.pool_of(first[0]));
+        assert_eq!(a.stats().abandoned_pools, 0);
+        // A remote free into the detached full pool publishes it on the abandoned list.
+        std::thread::scope(|s| {
+            s.spawn(|| a.free(first[1] as *mut u8));
+        });
+        assert_eq!(a.stats().abandoned_pools, 1);
+        // Another cache adopts it and gets the freed block back.
+        let mut other = a.thread_cache().unwrap();
+        assert_eq!(other.alloc(lay(size)) as usize, first[1]);
+        assert_eq!(a.stats().abandoned_pools, 0);
+        other.free(first[1] as *mut u8);
+        for &b in &first {
+            if b != first[1] {
+                owner.free(b as *mut u8);
+            }
+        }
+        owner.free(extra);
+    }
+    let s = a.stats();
+    assert_eq!(s.blocks_in_use(), 0);
+    assert_eq!(s.total(), s.mapped_bytes());
+}
+
+#[test]
+fn ft_abandoned_pools_are_adopted_and_arenas_released() {
+    let a = ft_tiny();
+    let g = *a.geometry();
+    let class = g.num_classes - 1;
+    let size = class_size(class);
+    let n = g.blocks_per_pool(class) * g.pools_per_arena * 3;
+    let blocks: Vec<usize> = {
+        let mut tc = a.thread_cache().unwrap();
+        // SAFETY: blocks stay live until freed below.
+        (0..n)
+            .map(|_| unsafe { tc.alloc(lay(size)) } as usize)
+            .collect()
+        // tc dropped: its pools are abandoned (or detached when full).
+    };
+    assert_eq!(a.stats().counters.current, 3);
+    assert_eq!(a.stats().thread_caches, 0);
+    // Free from another thread (no cache there): every free is remote.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for &b in &blocks {
+                // SAFETY: each block freed once.
+                unsafe { a.free(b as *mut u8) };
+            }
+        });
+    });
+    let s = a.stats();
+    assert_eq!(s.blocks_in_use(), 0);
+    // The pools are ownerless until someone adopts them; a new cache adopting all of them
+    // returns the empty ones to their arenas, and the arenas go back to the OS but one.
+    let mut tc = a.thread_cache().unwrap();
+    // SAFETY: freed at once.
+    unsafe {
+        let p = tc.alloc(lay(size));
+        tc.free(p);
+    }
+    drop(tc);
+    let s = a.stats();
+    assert_eq!(s.blocks_in_use(), 0);
+    assert!(s.counters.current <= 1, "{s}");
+    assert_eq!(s.total(), s.mapped_bytes());
+}
+
+#[test]
+fn ft_threads_share_an_instance() {
+    let a = Allocator::new(Mode::FreeThreaded);
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let a = &a;
+            s.spawn(move || {
+                let mut live = Vec::new();
+                for i in 0..20_000usize {
+                    let size = 1 + (i * 7 + t * 13) % 512;
+                    // SAFETY: freed below.
+                    let p = unsafe { a.alloc(lay(size)) };
+                    // SAFETY: fresh block of `size` bytes.
+                    unsafe { *p = (i % 251) as u8 };
+                    live.push((p as usize, size, (i % 251) as u8));
+                    if live.len() > 100 {
+                        let (p, size, v) = live.swap_remove(i % 100);
+                        // SAFETY: live block.
+                        unsafe {
+                            assert_eq!(*(p as *mut u8), v);
+                            a.dealloc(p as *mut u8, lay(size));
+                        }
+                    }
+                }
+                for (p, size, _) in live {
+                    // SAFETY: live block.
+                    unsafe { a.dealloc(p as *mut u8, lay(size)) };
+                }
+            });
+        }
+    });
+    let s = a.stats();
+    assert_eq!(s.blocks_in_use(), 0, "{s}");
+    assert_eq!(s.total(), s.mapped_bytes());
+}

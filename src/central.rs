@@ -1,0 +1,354 @@
+//! Free-threaded mode's central structures: the lock-free arena list and the abandoned-pool
+//! lists.
+//!
+//! # The arena list
+//! Arena descriptors live in a table (an anonymous mapping) that is never freed while the heap
+//! lives, so no descriptor can be freed under a reader and no epoch scheme is needed; the slots
+//! `0..hwm` form the central list that claimers scan. Each descriptor holds:
+//! - `free`: one bit per pool, set when the pool is free in the arena (claimable);
+//! - `base`: the arena's address, or `VACANT` (slot unused), `RESERVED` (a thread is mapping an
+//!   arena for it) or `DYING` (a thread is releasing it);
+//! - `inited`: one bit per pool whose header has been written once (lazy header init; the
+//!   `szidx` shortcut needs the old header);
+//! - `pins`: readers (statistics) that may read pool headers of this arena.
+//!
+//! Protocol and invariants:
+//! 1. **Claim** = compare-exchange clearing one set bit of `free` (acquire). Only the winner of
+//!    a bit touches that pool; it reads `base` only *after* winning, and `base` cannot change
+//!    while any bit is clear (release needs all bits set), so it reads the arena it claimed
+//!    from. No ABA: a stale read of `free` can only make the compare-exchange fail.
+//! 2. **Return** = `fetch_or` of the pool's bit (release), by the pool's last owner, after it
+//!    wrote the pool header for the last time. The next claimer acquires it.
+//! 3. **Release** is the single transition `free: ALL -> 0` (compare-exchange). Once it wins,
+//!    no claimer can win any bit (all are clear), and no returner exists (all pools were free),
+//!    so no thread touches the arena again except the releaser and pinned readers, which it
+//!    excludes: it stores `base = DYING` and then checks `pins` (both `SeqCst`); a reader
+//!    increments `pins` and then loads `base` (both `SeqCst`), so either the releaser sees the
+//!    pin and undoes the release, or the reader sees `DYING` and skips the arena. The releaser
+//!    then clears the arena map entry, unmaps, and stores `base = VACANT` (release).
+//! 4. At least one arena stays mapped: a releaser first decrements `mapped` only if it is above
+//!    one, and restores it if the release transition then fails.
+//! 5. **New arena**: a slot moves `VACANT -> RESERVED` by compare-exchange, so one thread maps
+//!    into it; it registers the arena in the arena map, stores `base`, then publishes
+//!    `free = ALL` minus the pool it keeps (release): claimers that win a bit see `base`.
+//!
+//! # Abandoned pools
+//! One Treiber stack per size class of pools that have free blocks and no owner (pools of
+//! exited threads, and full pools that a remote free made usable again). Pushes are
+//! compare-exchange loops; the only removal takes the whole stack with one `swap`, so there is
+//! no pop and no ABA. A pool is on at most one stack at a time: it is pushed only by the
+//! thread that holds it without an owner (see `thread_cache`), and taken only by swapping.
+
+use crate::arena_map::ArenaMap;
+use crate::config::Geometry;
+use crate::os;
+use crate::pool::PoolHeader;
+use crate::size_class::NUM_CLASSES;
+use crate::stats::ArenaCounters;
+use crate::sync::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use core::ptr;
+
+const VACANT: usize = 0;
+const RESERVED: usize = 1;
+const DYING: usize = 2;
+
+/// Descriptor slots in the table. Under loom the table is tiny and explicitly initialised.
+#[cfg(not(loom))]
+pub(crate) const MAX_ARENAS: usize = 1 << 16;
+#[cfg(loom)]
+pub(crate) const MAX_ARENAS: usize = 4;
+
+pub(crate) struct ArenaDesc {
+    free: AtomicU64,
+    base: AtomicUsize,
+    inited: AtomicU64,
+    pins: AtomicUsize,
+}
+
+impl ArenaDesc {
+    #[cfg_attr(not(loom), allow(dead_code))]
+    fn new() -> ArenaDesc {
+        ArenaDesc {
+            free: AtomicU64::new(0),
+            base: AtomicUsize::new(VACANT),
+            inited: AtomicU64::new(0),
+            pins: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// The central structures of one free-threaded heap.
+pub(crate) struct Central {
+    geo: Geometry,
+    all: u64,
+    descs: *mut ArenaDesc,
+    /// Slots ever used: claimers scan `0..hwm`.
+    hwm: AtomicUsize,
+    /// Arenas mapped now (kept >= 1 once the first arena exists).
+    mapped: AtomicUsize,
+    allocated_total: AtomicUsize,
+    reclaimed: AtomicUsize,
+    highwater: AtomicUsize,
+    /// Abandoned pools with free blocks, one stack per class.
+    abandoned: [AtomicPtr<PoolHeader>; NUM_CLASSES],
+}
+
+// SAFETY: `descs` points to a table owned by this value; all shared state is atomic, and pool
+// memory is reached only under the claim protocol above.
+unsafe impl Send for Central {}
+// SAFETY: as above.
+unsafe impl Sync for Central {}
+
+fn table_bytes() -> usize {
+    (MAX_ARENAS * core::mem::size_of::<ArenaDesc>()).next_multiple_of(crate::config::page_size())
+}
+
+impl Central {
+    pub(crate) fn new(geo: Geometry) -> Option<Central> {
+        let descs = os::map(table_bytes()).cast::<ArenaDesc>();
+        if descs.is_null() {
+            return None;
+        }
+        // Zero bytes are a valid `ArenaDesc` for core atomics (same layout as integers); loom
+        // atomics must be constructed.
+        #[cfg(loom)]
+        for i in 0..MAX_ARENAS {
+            // SAFETY: i < MAX_ARENAS, inside the fresh mapping.
+            unsafe { ptr::write(descs.add(i), ArenaDesc::new()) };
+        }
+        let all = if geo.pools_per_arena == 64 {
+            u64::MAX
+        } else {
+            (1u64 << geo.pools_per_arena) - 1
+        };
+        Some(Central {
+            geo,
+            all,
+            descs,
+            hwm: AtomicUsize::new(0),
+            mapped: AtomicUsize::new(0),
+            allocated_total: AtomicUsize::new(0),
+            reclaimed: AtomicUsize::new(0),
+            highwater: AtomicUsize::new(0),
+            abandoned: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+        })
+    }
+
+    #[inline]
+    fn desc(&self, i: usize) -> &ArenaDesc {
+        debug_assert!(i < MAX_ARENAS);
+        // SAFETY: i < MAX_ARENAS; the table lives as long as self and holds valid descriptors.
+        unsafe { &*self.descs.add(i) }
+    }
+
+    /// Claims a free pool: from a mapped arena (lowest slot first) or from a new arena.
+    /// Returns the pool with its header written once (fresh or as its last owner left it),
+    /// or null when no arena can be mapped.
+    pub(crate) fn claim_pool(&self, map: &ArenaMap) -> *mut PoolHeader {
+        let hwm = self.hwm.load(Ordering::Acquire);
+        for i in 0..hwm {
+            let d = self.desc(i);
+            let mut m = d.free.load(Ordering::Relaxed);
+            while m != 0 {
+                let bit = m.trailing_zeros();
+                match d.free.compare_exchange_weak(
+                    m,
+                    m & !(1u64 << bit),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                ) {
+                    // SAFETY: we won pool `bit` of arena `i` (protocol step 1).
+                    Ok(_) => return unsafe { self.take_claimed(i, bit) },
+                    Err(now) => m = now,
+                }
+            }
+        }
+        self.new_arena(map)
+    }
+
+    /// # Safety
+    /// The caller must have won bit `bit` of descriptor `i`.
+    unsafe fn take_claimed(&self, i: usize, bit: u32) -> *mut PoolHeader {
+        let d = self.desc(i);
+        // Stable while we hold a clear bit (protocol step 1).
+        let base = d.base.load(Ordering::Relaxed);
+        debug_assert!(base > DYING);
+        let pool = (base + bit as usize * self.geo.pool_size) as *mut PoolHeader;
+        if d.inited.load(Ordering::Relaxed) & (1u64 << bit) == 0 {
+            // SAFETY: we own the pool; its memory is mapped and was never given a header.
+            unsafe { PoolHeader::init_fresh(pool, i as u32) };
+            // Release: a statistics reader that sees the bit sees the header.
+            d.inited.fetch_or(1u64 << bit, Ordering::Release);
+        }
+        pool
+    }
+
+    #[cold]
+    fn new_arena(&self, map: &ArenaMap) -> *mut PoolHeader {
+        let mut slot = None;
+        for i in 0..MAX_ARENAS {
+            if self
+                .desc(i)
+                .base
+                .compare_exchange(VACANT, RESERVED, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                slot = Some(i);
+                break;
+            }
+        }
+        let Some(i) = slot else {
+            return ptr::null_mut();
+        };
+        let d = self.desc(i);
+        let base = os::map_aligned(self.geo.arena_size, self.geo.arena_size);
+        if base.is_null() || !map.insert(base as usize, i) {
+            if !base.is_null() {
+                // SAFETY: never published.
+                unsafe { os::unmap(base, self.geo.arena_size) };
+            }
+            d.base.store(VACANT, Ordering::Release);
+            return ptr::null_mut();
+        }
+        d.inited.store(0, Ordering::Relaxed);
+        d.base.store(base as usize, Ordering::Relaxed);
+        self.hwm.fetch_max(i + 1, Ordering::AcqRel);
+        let now = self.mapped.fetch_add(1, Ordering::Relaxed) + 1;
+        self.highwater.fetch_max(now, Ordering::Relaxed);
+        self.allocated_total.fetch_add(1, Ordering::Relaxed);
+        // Keep pool 0 for ourselves; publish the rest (protocol step 5).
+        d.free.store(self.all & !1, Ordering::Release);
+        // SAFETY: pool 0's bit was never published, so we own it.
+        unsafe { self.take_claimed(i, 0) }
+    }
+
+    /// Gives an empty pool back to its arena, releasing the arena if every pool is now free.
+    ///
+    /// # Safety
+    /// `pool` must be a claimed pool of this heap with no block in use, no owner, no remote
+    /// block, and on no list; the caller must not touch it afterwards.
+    pub(crate) unsafe fn return_pool(&self, pool: *mut PoolHeader, map: &ArenaMap) {
+        let base = self.geo.arena_of(pool as usize);
+        // SAFETY: the caller holds the pool, so its header is ours to read.
+        let i = unsafe { (*pool).arena_index } as usize;
+        let bit = (pool as usize - base) / self.geo.pool_size;
+        let d = self.desc(i);
+        let before = d.free.fetch_or(1u64 << bit, Ordering::Release);
+        if before | (1u64 << bit) == self.all {
+            self.try_release(i, map);
+        }
+    }
+
+    #[cold]
+    fn try_release(&self, i: usize, map: &ArenaMap) {
+        // Keep one arena mapped (protocol step 4).
+        if self
+            .mapped
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n > 1).then(|| n - 1)
+            })
+            .is_err()
+        {
+            return;
+        }
+        let d = self.desc(i);
+        if d.free
+            .compare_exchange(self.all, 0, Ordering::SeqCst, Ordering::Relaxed)
+            .is_err()
+        {
+            // Someone claimed a pool first: the arena lives on.
+            self.mapped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let base = d.base.swap(DYING, Ordering::SeqCst);
+        if d.pins.load(Ordering::SeqCst) != 0 {
+            // A statistics reader may be reading headers: undo (protocol step 3).
+            d.base.store(base, Ordering::SeqCst);
+            d.free.store(self.all, Ordering::Release);
+            self.mapped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        map.remove(base);
+        // SAFETY: we won the release transition; no thread can reach the arena any more.
+        unsafe { os::unmap(base as *mut u8, self.geo.arena_size) };
+        self.reclaimed.fetch_add(1, Ordering::Relaxed);
+        d.base.store(VACANT, Ordering::Release);
+    }
+
+    /// Pushes an ownerless pool with free blocks onto the abandoned stack of `class`.
+    ///
+    /// # Safety
+    /// The caller must hold `pool` without an owner, on no list, and not touch it afterwards.
+    pub(crate) unsafe fn push_abandoned(&self, pool: *mut PoolHeader, class: usize) {
+        let head = &self.abandoned[class];
+        // SAFETY: the caller holds the pool, so its link is ours to write until the push lands.
+        let link = unsafe { &(*pool).shared.next_abandoned };
+        let mut h = head.load(Ordering::Relaxed);
+        loop {
+            link.store(h, Ordering::Relaxed);
+            match head.compare_exchange_weak(h, pool, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(now) => h = now,
+            }
+        }
+    }
+
+    /// Takes every abandoned pool of `class` (a chain through `next_abandoned`), or null.
+    #[inline]
+    pub(crate) fn take_abandoned(&self, class: usize) -> *mut PoolHeader {
+        let head = &self.abandoned[class];
+        if head.load(Ordering::Relaxed).is_null() {
+            return ptr::null_mut();
+        }
+        head.swap(ptr::null_mut(), Ordering::Acquire)
+    }
+
+    /// Arena counters (relaxed reads: exact when no thread allocates).
+    pub(crate) fn counters(&self) -> ArenaCounters {
+        ArenaCounters {
+            allocated_total: self.allocated_total.load(Ordering::Relaxed) as u64,
+            reclaimed: self.reclaimed.load(Ordering::Relaxed) as u64,
+            highwater: self.highwater.load(Ordering::Relaxed) as u64,
+            current: self.mapped.load(Ordering::Relaxed) as u64,
+        }
+    }
+
+    /// Calls `f(pool, claimed)` for every pool of every mapped arena, with the arena pinned so
+    /// it cannot be unmapped meanwhile. `pool` is null for a pool whose header was never
+    /// written; otherwise `f` may read the header's atomic fields.
+    pub(crate) fn for_each_pool(&self, mut f: impl FnMut(*const PoolHeader, bool)) {
+        let hwm = self.hwm.load(Ordering::Acquire);
+        for i in 0..hwm {
+            let d = self.desc(i);
+            d.pins.fetch_add(1, Ordering::SeqCst);
+            let base = d.base.load(Ordering::SeqCst);
+            if base > DYING {
+                let free = d.free.load(Ordering::Acquire);
+                let inited = d.inited.load(Ordering::Acquire);
+                for bit in 0..self.geo.pools_per_arena {
+                    let pool = if inited & (1u64 << bit) != 0 {
+                        (base + bit * self.geo.pool_size) as *const PoolHeader
+                    } else {
+                        ptr::null()
+                    };
+                    f(pool, free & (1u64 << bit) == 0);
+                }
+            }
+            d.pins.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Unmaps every arena and the table. Used when the heap is dropped.
+    pub(crate) fn release_all(&mut self, map: &ArenaMap) {
+        for i in 0..self.hwm.load(Ordering::Relaxed) {
+            let base = self.desc(i).base.load(Ordering::Relaxed);
+            if base > DYING {
+                map.remove(base);
+                // SAFETY: exclusive access; no block may be used after the heap is dropped.
+                unsafe { os::unmap(base as *mut u8, self.geo.arena_size) };
+            }
+        }
+        // SAFETY: the table was mapped in new with this size and is dead now.
+        unsafe { os::unmap(self.descs.cast(), table_bytes()) };
+    }
+}

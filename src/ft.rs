@@ -1,0 +1,356 @@
+//! Free-threaded mode's heap: the central structures, a table of thread caches, and the binding
+//! of threads to caches.
+//!
+//! # Binding threads to caches
+//! - Every heap has an `id` (never reused) and a table of [`Cache`] slots (an anonymous mapping,
+//!   never freed while the heap lives; a slot is taken by compare-exchange of `in_use`).
+//! - Every thread that allocates through a heap gets a small global thread index (`tid`, reused
+//!   after the thread exits) and, per heap, a cache slot recorded in the heap's `by_tid` table.
+//! - A const-initialised thread-local memo `(heap id, cache)` without destructor makes the fast
+//!   path two thread-local loads and a compare. It starts at an empty sentinel (heap id 0, which
+//!   no heap has), so the first call of a thread takes the slow path, which binds the thread.
+//! - A second thread-local, touched only on the slow path, holds the `tid` and has a destructor:
+//!   at thread exit it turns the memo to `DEAD` (later allocations of the dying thread take a
+//!   cache-less path: a temporary cache, abandoned after one block), abandons the thread's cache
+//!   of the process-wide heap ([`FtMalloc`](crate::FtMalloc)), and frees the `tid`. Caches of
+//!   other heap instances stay bound to the `tid` and are inherited by the next thread that
+//!   gets it (as sharded-slab's shards are), so their pools are never stranded.
+//! - Frees never bind: a thread with no cache for the heap frees remotely.
+//!
+//! Registering the destructor goes through the C library (`__cxa_thread_atexit_impl`), which
+//! may call the C library's `calloc`: that is not this heap in a Rust program. The C-ABI
+//! library uses a `pthread_key` instead.
+
+use crate::arena_map::ArenaMap;
+use crate::central::Central;
+use crate::config::Geometry;
+use crate::os;
+use crate::pool::PoolHeader;
+use crate::stats::Stats;
+use crate::sync::Ordering;
+use crate::thread_cache::{self, remote_count, Cache, Ctx, DETACHED};
+use core::cell::Cell;
+use core::ptr;
+
+/// Cache slots per heap (threads and handles alive at once).
+#[cfg(not(loom))]
+pub(crate) const MAX_CACHES: usize = 1 << 14;
+#[cfg(loom)]
+pub(crate) const MAX_CACHES: usize = 6;
+
+/// Threads alive at once, process-wide.
+const MAX_THREADS: usize = 1 << 14;
+
+static NEXT_HEAP_ID: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(1);
+
+/// Memo heap id of a thread whose thread-locals are being destroyed.
+const DEAD: usize = usize::MAX;
+
+#[derive(Clone, Copy)]
+struct Memo {
+    heap: usize,
+    cache: *mut Cache,
+}
+
+crate::sync::ft_thread_local! {
+    static MEMO: Cell<Memo> = Cell::new(Memo { heap: 0, cache: ptr::null_mut() });
+}
+
+pub(crate) struct FtHeap {
+    id: usize,
+    pub(crate) central: Central,
+    caches: *mut Cache,
+    by_tid: *mut *mut Cache,
+}
+
+// SAFETY: the tables are owned by the heap; cache slots are used by one thread at a time
+// (taken by compare-exchange), by_tid entries only by the thread holding that tid.
+unsafe impl Send for FtHeap {}
+// SAFETY: as above.
+unsafe impl Sync for FtHeap {}
+
+fn caches_bytes() -> usize {
+    (MAX_CACHES * core::mem::size_of::<Cache>()).next_multiple_of(crate::config::page_size())
+}
+
+fn by_tid_bytes() -> usize {
+    (MAX_THREADS * core::mem::size_of::<usize>()).next_multiple_of(crate::config::page_size())
+}
+
+impl FtHeap {
+    pub(crate) fn new(geo: Geometry) -> Option<FtHeap> {
+        let central = Central::new(geo)?;
+        let caches = os::map(caches_bytes()).cast::<Cache>();
+        let by_tid = os::map(by_tid_bytes()).cast::<*mut Cache>();
+        if caches.is_null() || by_tid.is_null() {
+            return None;
+        }
+        // Zero bytes are a valid empty `Cache` with core atomics; loom's must be constructed.
+        #[cfg(loom)]
+        for i in 0..MAX_CACHES {
+            // SAFETY: i < MAX_CACHES, inside the fresh mapping.
+            unsafe { ptr::write(caches.add(i), Cache::new()) };
+        }
+        Some(FtHeap {
+            id: NEXT_HEAP_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
+            central,
+            caches,
+            by_tid,
+        })
+    }
+
+    #[inline(always)]
+    pub(crate) fn ctx<'a>(&'a self, geo: &'a Geometry, map: &'a ArenaMap) -> Ctx<'a> {
+        Ctx {
+            geo,
+            central: &self.central,
+            map,
+        }
+    }
+
+    /// Takes a free cache slot, or null when all are in use.
+    pub(crate) fn acquire_cache(&self) -> *mut Cache {
+        for i in 0..MAX_CACHES {
+            // SAFETY: i < MAX_CACHES; slots hold valid caches.
+            let c = unsafe { self.caches.add(i) };
+            // SAFETY: as above.
+            let in_use = unsafe { &(*c).in_use };
+            if in_use.load(Ordering::Relaxed) == 0
+                && in_use
+                    .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return c;
+            }
+        }
+        ptr::null_mut()
+    }
+
+    /// Abandons a cache's pools and frees its slot.
+    ///
+    /// # Safety
+    /// `cache` must be a slot of this heap acquired by the caller and not used afterwards.
+    pub(crate) unsafe fn release_cache(&self, cache: *mut Cache, cx: &Ctx<'_>) {
+        // SAFETY: the caller holds the slot exclusively.
+        unsafe {
+            (*cache).abandon_all(cx);
+            (*cache).in_use.store(0, Ordering::Release);
+        }
+    }
+
+    /// The calling thread's cache for this heap, or null if it cannot have one (its
+    /// thread-locals are gone, or no slot is left).
+    #[inline(always)]
+    pub(crate) fn local_cache(&self) -> *mut Cache {
+        let m = MEMO.with(|m| m.get());
+        if m.heap == self.id {
+            m.cache
+        } else {
+            self.bind_slow()
+        }
+    }
+
+    /// The calling thread's cache if it is already bound; never binds (used by frees).
+    #[inline(always)]
+    pub(crate) fn bound_cache(&self) -> *mut Cache {
+        let m = MEMO.with(|m| m.get());
+        if m.heap == self.id {
+            m.cache
+        } else {
+            ptr::null_mut()
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn bind_slow(&self) -> *mut Cache {
+        #[cfg(loom)]
+        {
+            ptr::null_mut()
+        }
+        #[cfg(not(loom))]
+        {
+            if MEMO.with(|m| m.get()).heap == DEAD {
+                return ptr::null_mut();
+            }
+            let Some(tid) = exit::current_tid() else {
+                return ptr::null_mut();
+            };
+            // SAFETY: tid < MAX_THREADS; only the thread holding tid touches this entry, and
+            // the tid registry's release/acquire orders it against the previous holder.
+            let entry = unsafe { &mut *self.by_tid.add(tid) };
+            if entry.is_null() {
+                *entry = self.acquire_cache();
+                if entry.is_null() {
+                    return ptr::null_mut();
+                }
+            }
+            let cache = *entry;
+            MEMO.with(|m| {
+                m.set(Memo {
+                    heap: self.id,
+                    cache,
+                })
+            });
+            cache
+        }
+    }
+
+    /// Allocation without a bound cache: a temporary cache for one block.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn alloc_cacheless(&self, class: usize, cx: &Ctx<'_>) -> *mut u8 {
+        let c = self.acquire_cache();
+        if c.is_null() {
+            return ptr::null_mut();
+        }
+        // SAFETY: we hold slot c exclusively until release_cache.
+        unsafe {
+            let b = (*c).alloc(class, cx);
+            self.release_cache(c, cx);
+            b
+        }
+    }
+
+    /// Frees a block of one of our pools from whatever thread calls.
+    ///
+    /// # Safety
+    /// `block` must be a live block of this heap in pool `pool`.
+    #[inline(always)]
+    pub(crate) unsafe fn free(&self, pool: *mut PoolHeader, block: *mut u8, cx: &Ctx<'_>) {
+        let c = self.bound_cache();
+        // SAFETY: a bound cache is used only by this thread; the pool is claimed (it has a
+        // live block), so its header is valid.
+        unsafe {
+            if !c.is_null() && (*c).owns(pool) {
+                (*c).free_local(pool, block, cx);
+            } else {
+                thread_cache::remote_free(pool, block, &self.central);
+            }
+        }
+    }
+
+    /// Abandons the cache bound to `tid`, if any (thread exit of the process-wide heap).
+    #[cfg(not(loom))]
+    fn abandon_tid(&self, tid: usize, cx: &Ctx<'_>) {
+        // SAFETY: tid < MAX_THREADS and is held by the exiting thread.
+        let entry = unsafe { &mut *self.by_tid.add(tid) };
+        let c = core::mem::replace(entry, ptr::null_mut());
+        if !c.is_null() {
+            // SAFETY: the slot was acquired for this tid and is used by no one else.
+            unsafe { self.release_cache(c, cx) };
+        }
+    }
+
+    /// Fills `stats` by walking every pool of every mapped arena (arenas pinned meanwhile).
+    pub(crate) fn fill_stats(&self, stats: &mut Stats, geo: &Geometry) {
+        stats.counters = self.central.counters();
+        self.central.for_each_pool(|pool, claimed| {
+            if !claimed {
+                stats.unused_pools += 1;
+                return;
+            }
+            if pool.is_null() {
+                // Claimed a moment ago, header not written yet.
+                stats.unused_pools += 1;
+                return;
+            }
+            // SAFETY: the arena is pinned and the header was written (for_each_pool's contract);
+            // we read only atomic fields.
+            let p = unsafe { &*pool };
+            let class = p.class();
+            if class == crate::pool::NO_CLASS {
+                stats.unused_pools += 1;
+                return;
+            }
+            let word = p.shared.remote.load(Ordering::Relaxed);
+            let in_use = p.refs().saturating_sub(remote_count(word));
+            stats.add_pool(class as usize, in_use as usize, geo);
+            let owner = p.shared.owner.load(Ordering::Relaxed);
+            if owner != 0 {
+                stats.cached_pools += 1;
+            } else if word & DETACHED == 0 {
+                stats.abandoned_pools += 1;
+            }
+        });
+        for i in 0..MAX_CACHES {
+            // SAFETY: i < MAX_CACHES; in_use is atomic.
+            if unsafe { (*self.caches.add(i)).in_use.load(Ordering::Relaxed) } != 0 {
+                stats.thread_caches += 1;
+            }
+        }
+    }
+
+    /// Unmaps everything. Used when the heap is dropped.
+    pub(crate) fn release_all(&mut self, map: &ArenaMap) {
+        self.central.release_all(map);
+        // SAFETY: the tables were mapped in new with these sizes; the heap is being dropped.
+        unsafe {
+            os::unmap(self.caches.cast(), caches_bytes());
+            os::unmap(self.by_tid.cast(), by_tid_bytes());
+        }
+    }
+}
+
+/// Thread exit: the `tid` registry and the destructor that abandons the thread's cache.
+#[cfg(not(loom))]
+mod exit {
+    use super::{Memo, DEAD, MAX_THREADS, MEMO};
+    use core::ptr;
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    /// One bit per thread index in use.
+    static TIDS: [AtomicU64; MAX_THREADS / 64] = [const { AtomicU64::new(0) }; MAX_THREADS / 64];
+
+    fn acquire_tid() -> Option<usize> {
+        for (w, word) in TIDS.iter().enumerate() {
+            let mut v = word.load(Ordering::Relaxed);
+            while v != u64::MAX {
+                let bit = (!v).trailing_zeros();
+                match word.compare_exchange_weak(
+                    v,
+                    v | (1 << bit),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => return Some(w * 64 + bit as usize),
+                    Err(now) => v = now,
+                }
+            }
+        }
+        None
+    }
+
+    fn release_tid(tid: usize) {
+        TIDS[tid / 64].fetch_and(!(1u64 << (tid % 64)), Ordering::Release);
+    }
+
+    struct TidGuard {
+        tid: Option<usize>,
+    }
+
+    impl Drop for TidGuard {
+        fn drop(&mut self) {
+            MEMO.with(|m| {
+                m.set(Memo {
+                    heap: DEAD,
+                    cache: ptr::null_mut(),
+                })
+            });
+            if let Some(tid) = self.tid {
+                crate::global::thread_exit(|heap, cx| heap.abandon_tid(tid, cx));
+                release_tid(tid);
+            }
+        }
+    }
+
+    std::thread_local! {
+        static GUARD: TidGuard = TidGuard { tid: acquire_tid() };
+    }
+
+    /// The calling thread's index; registers the exit destructor on first use. None when the
+    /// thread's locals are being destroyed or all indices are taken.
+    pub(super) fn current_tid() -> Option<usize> {
+        GUARD.try_with(|g| g.tid).ok().flatten()
+    }
+}
