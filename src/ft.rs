@@ -36,7 +36,7 @@ use core::ptr;
 #[cfg(not(loom))]
 pub(crate) const MAX_CACHES: usize = 1 << 14;
 #[cfg(loom)]
-pub(crate) const MAX_CACHES: usize = 6;
+pub(crate) const MAX_CACHES: usize = 8;
 
 /// Threads alive at once, process-wide.
 const MAX_THREADS: usize = 1 << 14;
@@ -44,6 +44,7 @@ const MAX_THREADS: usize = 1 << 14;
 static NEXT_HEAP_ID: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(1);
 
 /// Memo heap id of a thread whose thread-locals are being destroyed.
+#[cfg(not(loom))]
 const DEAD: usize = usize::MAX;
 
 #[derive(Clone, Copy)]

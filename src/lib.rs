@@ -59,7 +59,9 @@ use ft::FtHeap;
 use gil::GilHeap;
 use pool::PoolHeader;
 use size_class::{class_size, size_to_class, ALIGNMENT};
-use thread_cache::{Cache, Ctx};
+use thread_cache::Cache;
+#[cfg(not(loom))]
+use thread_cache::Ctx;
 
 /// Which concurrency design an [`Allocator`] uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

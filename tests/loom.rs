@@ -1,0 +1,324 @@
+//! Loom models of the free-threaded mode's lock-free protocols, one per protocol, on tiny
+//! pools (4 blocks) and arenas (4 pools).
+//!
+//! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --test loom`
+//! (`.ci/loom` does this). Loom allocates, so these models never use ftmalloc as the global
+//! allocator; they drive `Allocator` instances and their `ThreadCache` handles.
+#![cfg(loom)]
+
+use ftmalloc::{Allocator, Config, Mode, ThreadCache};
+use loom::thread;
+use std::alloc::Layout;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// Runs `f` under loom and reports how many interleavings were explored.
+fn model<F: Fn() + Sync + Send + 'static>(name: &str, f: F) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    loom::model(move || {
+        r.fetch_add(1, Ordering::Relaxed);
+        f();
+    });
+    eprintln!(
+        "loom model {name}: {} interleavings explored",
+        runs.load(Ordering::Relaxed)
+    );
+}
+
+/// A heap whose pools hold exactly 4 blocks of `size` and whose arenas hold 4 pools.
+fn tiny_heap() -> (Arc<Allocator>, Layout) {
+    let a = Allocator::with_config(Mode::FreeThreaded, Config::new(1024, 4096)).unwrap();
+    let g = *a.geometry();
+    let size = (g.pool_size - g.pool_overhead) / 4 / 16 * 16;
+    assert_eq!(g.blocks_per_pool(size / 16 - 1), 4);
+    (Arc::new(a), Layout::from_size_align(size, 16).unwrap())
+}
+
+/// A handle whose borrow is detached from the `Arc`, so it can move into a loom thread.
+///
+/// # Safety
+/// The caller must keep a clone of `a` alive until the handle is dropped.
+unsafe fn detached_handle(a: &Arc<Allocator>) -> ThreadCache<'static> {
+    // SAFETY: the caller keeps the allocator alive for the handle's lifetime.
+    let a: &'static Allocator = unsafe { &*Arc::as_ptr(a) };
+    a.thread_cache().unwrap()
+}
+
+/// Checks the accounting equation and that `live` blocks are distinct and ours.
+fn check(a: &Allocator, live: &[usize]) {
+    let set: HashSet<usize> = live.iter().copied().collect();
+    assert_eq!(set.len(), live.len(), "a block was handed out twice");
+    assert!(live.iter().all(|&p| a.owns(p as *const u8)));
+    let s = a.stats();
+    assert_eq!(
+        s.blocks_in_use(),
+        live.len(),
+        "blocks lost or double-counted:\n{s}"
+    );
+    assert_eq!(s.total(), s.mapped_bytes());
+}
+
+/// Frees everything, then checks that nothing is in use and at most one arena stays mapped
+/// once a cache adopts and returns the ownerless pools.
+fn drain(a: &Allocator, live: Vec<usize>, l: Layout) {
+    for p in live {
+        // SAFETY: each live block is freed once.
+        unsafe { a.free(p as *mut u8) };
+    }
+    check(a, &[]);
+    let mut tc = a.thread_cache().unwrap();
+    // SAFETY: allocated and freed at once.
+    unsafe {
+        let p = tc.alloc(l);
+        tc.free(p);
+    }
+    drop(tc);
+    check(a, &[]);
+}
+
+/// (a) Remote frees race with the owner collecting its remote list.
+#[test]
+fn remote_free_vs_owner_collecting() {
+    model("a: remote free vs owner collecting", || {
+        let (a, l) = tiny_heap();
+        let mut owner = a.thread_cache().unwrap();
+        // SAFETY: blocks are live until freed once.
+        let blocks: Vec<usize> = (0..4).map(|_| unsafe { owner.alloc(l) } as usize).collect();
+        let remote = [blocks[0], blocks[1]];
+        let a2 = a.clone();
+        let t = thread::spawn(move || {
+            for p in remote {
+                // SAFETY: freed once, by this thread (a remote free).
+                unsafe { a2.free(p as *mut u8) };
+            }
+        });
+        // The pool is full: this allocation collects whatever arrived, or detaches the pool.
+        // SAFETY: fresh block.
+        let extra = unsafe { owner.alloc(l) } as usize;
+        t.join().unwrap();
+        // `extra` may be one of the remotely freed blocks (collected) or a block of a new pool.
+        let mut live = vec![blocks[2], blocks[3], extra];
+        check(&a, &live);
+        // Every remotely freed block is reachable again: a few more allocations bring back
+        // both (from the owner's pools or, if the pool was detached, by adoption).
+        let mut got: HashSet<usize> = [extra].into_iter().collect();
+        for _ in 0..6 {
+            if remote.iter().all(|r| got.contains(r)) {
+                break;
+            }
+            // SAFETY: fresh block.
+            let p = unsafe { owner.alloc(l) } as usize;
+            got.insert(p);
+            live.push(p);
+        }
+        assert!(
+            remote.iter().all(|r| got.contains(r)),
+            "a remote free was lost"
+        );
+        check(&a, &live);
+        drop(owner);
+        drain(&a, live, l);
+    });
+}
+
+/// (b) A remote free into a full pool races with its owner allocating (and detaching it).
+#[test]
+fn remote_free_into_full_pool_vs_owner_allocating() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // Both outcomes must be explored, or the model proves nothing.
+    static COLLECTED: AtomicUsize = AtomicUsize::new(0);
+    static PUBLISHED: AtomicUsize = AtomicUsize::new(0);
+    model(
+        "b: remote free into a full pool vs owner allocating",
+        || {
+            let (a, l) = tiny_heap();
+            let mut owner = a.thread_cache().unwrap();
+            // SAFETY: blocks are live until freed once.
+            let blocks: Vec<usize> = (0..4).map(|_| unsafe { owner.alloc(l) } as usize).collect();
+            let freed = blocks[2];
+            let a2 = a.clone();
+            let t = thread::spawn(move || {
+                // SAFETY: freed once (a remote free into a full pool).
+                unsafe { a2.free(freed as *mut u8) };
+            });
+            // SAFETY: fresh block.
+            let extra = unsafe { owner.alloc(l) } as usize;
+            t.join().unwrap();
+            let s = a.stats();
+            // Either the owner collected the block, or the pool was detached and the remote free
+            // published it on the abandoned list. Never neither.
+            assert!(
+                extra == freed || s.abandoned_pools == 1,
+                "the freed block is unreachable:\n{s}"
+            );
+            let mut live = vec![blocks[0], blocks[1], blocks[3], extra];
+            check(&a, &live);
+            if extra == freed {
+                COLLECTED.fetch_add(1, Ordering::Relaxed);
+            } else {
+                PUBLISHED.fetch_add(1, Ordering::Relaxed);
+                // Another cache adopts the published pool and gets the block back.
+                let mut other = a.thread_cache().unwrap();
+                // SAFETY: fresh block.
+                let p = unsafe { other.alloc(l) } as usize;
+                assert_eq!(p, freed);
+                live.push(p);
+                drop(other);
+            }
+            check(&a, &live);
+            drop(owner);
+            drain(&a, live, l);
+        },
+    );
+    assert!(
+        COLLECTED.load(Ordering::Relaxed) > 0,
+        "no interleaving collected the block"
+    );
+    assert!(
+        PUBLISHED.load(Ordering::Relaxed) > 0,
+        "no interleaving published the pool"
+    );
+}
+
+/// (c) Two threads claim pools while the arena they would claim from is being released.
+#[test]
+fn pool_claims_vs_arena_release() {
+    model("c: pool claims vs arena release", || {
+        let (a, l) = tiny_heap();
+        // Fill the first arena's 4 pools, one per cache, so it stays mapped and full.
+        let mut keep = Vec::new();
+        let mut live = Vec::new();
+        for _ in 0..4 {
+            let mut tc = a.thread_cache().unwrap();
+            // SAFETY: fresh block.
+            live.push(unsafe { tc.alloc(l) } as usize);
+            keep.push(tc);
+        }
+        // A fifth cache opens a second arena; its last pool goes back from another thread.
+        // SAFETY: a1, moved into the releaser with r, outlives r.
+        let mut r = unsafe { detached_handle(&a) };
+        // SAFETY: fresh block.
+        let rb = unsafe { r.alloc(l) } as usize;
+        assert_eq!(a.stats().counters.current, 2);
+        let a1 = a.clone();
+        let releaser = thread::spawn(move || {
+            // SAFETY: r's block, freed once; dropping r returns its empty pool and may
+            // release the arena.
+            unsafe { r.free(rb as *mut u8) };
+            drop(r);
+            drop(a1);
+        });
+        let claimers: Vec<_> = (0..2)
+            .map(|_| {
+                let a = a.clone();
+                thread::spawn(move || {
+                    let mut tc = a.thread_cache().unwrap();
+                    // SAFETY: fresh block; written to prove its memory is mapped.
+                    let p = unsafe { tc.alloc(l) };
+                    assert!(!p.is_null());
+                    // SAFETY: p is a fresh block of l.size() bytes.
+                    unsafe { p.write_bytes(0xAB, l.size()) };
+                    let p = p as usize;
+                    drop(tc);
+                    p
+                })
+            })
+            .collect();
+        releaser.join().unwrap();
+        for c in claimers {
+            let p = c.join().unwrap();
+            assert!(a.owns(p as *const u8), "claimed from an unmapped arena");
+            // SAFETY: p is live; its arena must still be mapped.
+            assert_eq!(unsafe { *(p as *const u8) }, 0xAB);
+            live.push(p);
+        }
+        check(&a, &live);
+        assert!(a.stats().counters.current <= 3);
+        drop(keep);
+        drain(&a, live, l);
+    });
+}
+
+/// (d) A thread exits (its cache is abandoned) while another frees one of its blocks.
+#[test]
+fn abandonment_vs_remote_free() {
+    for fill in [3usize, 4] {
+        // 3 blocks: the pool is abandoned with free space; 4: it is detached full.
+        model(
+            &format!("d: abandonment vs remote free ({fill} blocks)"),
+            move || {
+                let (a, l) = tiny_heap();
+                // SAFETY: a1, moved into the exiting thread with tc, outlives tc.
+                let mut tc = unsafe { detached_handle(&a) };
+                // SAFETY: blocks are live until freed once.
+                let blocks: Vec<usize> =
+                    (0..fill).map(|_| unsafe { tc.alloc(l) } as usize).collect();
+                let freed = blocks[0];
+                let a1 = a.clone();
+                let a2 = a.clone();
+                let exiting = thread::spawn(move || {
+                    drop(tc);
+                    drop(a1);
+                });
+                let freer = thread::spawn(move || {
+                    // SAFETY: freed once.
+                    unsafe { a2.free(freed as *mut u8) };
+                });
+                exiting.join().unwrap();
+                freer.join().unwrap();
+                let mut live: Vec<usize> = blocks[1..].to_vec();
+                check(&a, &live);
+                // The pool is reachable: a new cache gets the freed block back.
+                let mut other = a.thread_cache().unwrap();
+                let mut got = Vec::new();
+                for _ in 0..(4 - fill + 1) {
+                    // SAFETY: fresh block.
+                    got.push(unsafe { other.alloc(l) } as usize);
+                }
+                assert!(got.contains(&freed), "the freed block was lost");
+                live.extend(got);
+                check(&a, &live);
+                drop(other);
+                drain(&a, live, l);
+            },
+        );
+    }
+}
+
+/// (e) Two threads adopt abandoned pools at once.
+#[test]
+fn two_adopters() {
+    model("e: two adopters", || {
+        let (a, l) = tiny_heap();
+        let mut tc = a.thread_cache().unwrap();
+        // Two pools: one with 1 block in use, one with 2; both abandoned when tc drops.
+        // SAFETY: blocks are live until freed once.
+        let blocks: Vec<usize> = (0..6).map(|_| unsafe { tc.alloc(l) } as usize).collect();
+        for &p in &blocks[1..4] {
+            // SAFETY: freed once, by the owner.
+            unsafe { tc.free(p as *mut u8) };
+        }
+        drop(tc);
+        let mut live = vec![blocks[0], blocks[4], blocks[5]];
+        check(&a, &live);
+        let adopters: Vec<_> = (0..2)
+            .map(|_| {
+                let a = a.clone();
+                thread::spawn(move || {
+                    let mut tc = a.thread_cache().unwrap();
+                    // SAFETY: fresh blocks.
+                    let got: Vec<usize> = (0..2).map(|_| unsafe { tc.alloc(l) } as usize).collect();
+                    drop(tc);
+                    got
+                })
+            })
+            .collect();
+        for t in adopters {
+            live.extend(t.join().unwrap());
+        }
+        check(&a, &live);
+        drain(&a, live, l);
+    });
+}
