@@ -243,6 +243,31 @@ impl FtHeap {
         }
     }
 
+    /// Returns every empty abandoned pool to its arena (which may release arenas); pools with
+    /// blocks in use go back on their abandoned stack. Returns the number of pools returned.
+    pub(crate) fn trim(&self, cx: &Ctx<'_>) -> usize {
+        let mut returned = 0;
+        for class in 0..crate::size_class::NUM_CLASSES {
+            let mut p = self.central.take_abandoned(class);
+            while !p.is_null() {
+                // SAFETY: the swap handed every pool of the chain over to us; we give each one
+                // away exactly once (returned or pushed back) and do not touch it afterwards.
+                unsafe {
+                    let next = (*p).shared.next_abandoned.load(Ordering::Relaxed);
+                    thread_cache::collect(p);
+                    if (*p).refs() == 0 {
+                        self.central.return_pool(p, cx.map);
+                        returned += 1;
+                    } else {
+                        self.central.push_abandoned(p, class);
+                    }
+                    p = next;
+                }
+            }
+        }
+        returned
+    }
+
     /// Fills `stats` by walking every pool of every mapped arena (arenas pinned meanwhile).
     pub(crate) fn fill_stats(&self, stats: &mut Stats, geo: &Geometry) {
         stats.counters = self.central.counters();

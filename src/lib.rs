@@ -337,6 +337,18 @@ impl Allocator {
         s
     }
 
+    /// Gives memory back: in free-threaded mode, every pool left without an owner (by exited
+    /// threads or dropped handles) whose blocks have all been freed since returns to its arena,
+    /// and arenas whose pools are all free are unmapped (one is kept). GIL mode returns pools
+    /// and arenas eagerly, so there it does nothing. Returns the number of pools returned.
+    /// Lock-free; safe to call at any time from any thread.
+    pub fn trim(&self) -> usize {
+        match &self.front {
+            Front::Gil(_) => 0,
+            Front::Ft(h) => h.trim(&h.ctx(&self.geo, &self.map)),
+        }
+    }
+
     /// An explicit thread cache: a handle that owns pools of this heap, for one thread at a
     /// time (tests, loom models, benchmarks). Dropping it abandons its pools to the heap, as a
     /// thread exit does. In GIL mode the handle simply forwards to the locked heap.
