@@ -9,17 +9,15 @@
 //! - A const-initialised thread-local memo `(heap id, cache)` without destructor makes the fast
 //!   path two thread-local loads and a compare. It starts at an empty sentinel (heap id 0, which
 //!   no heap has), so the first call of a thread takes the slow path, which binds the thread.
-//! - A second thread-local, touched only on the slow path, holds the `tid` and has a destructor:
-//!   at thread exit it turns the memo to `DEAD` (later allocations of the dying thread take a
-//!   cache-less path: a temporary cache, abandoned after one block), abandons the thread's cache
-//!   of the process-wide heap ([`FtMalloc`](crate::FtMalloc)), and frees the `tid`. Caches of
+//! - A `pthread_key` destructor, registered on the slow path, runs at thread exit: it turns the
+//!   memo to `DEAD` (later allocations of the dying thread take a cache-less path: a temporary
+//!   cache, abandoned after one block), abandons the thread's cache of the process-wide heap
+//!   ([`FtMalloc`](crate::FtMalloc)), and frees the `tid`. Caches of
 //!   other heap instances stay bound to the `tid` and are inherited by the next thread that
 //!   gets it (as sharded-slab's shards are), so their pools are never stranded.
 //! - Frees never bind: a thread with no cache for the heap frees remotely.
 //!
-//! Registering the destructor goes through the C library (`__cxa_thread_atexit_impl`), which
-//! may call the C library's `calloc`: that is not this heap in a Rust program. The C-ABI
-//! library uses a `pthread_key` instead.
+//! Nothing on the exit path allocates through ftmalloc (see the `exit` module).
 
 use crate::arena_map::ArenaMap;
 use crate::central::Central;
@@ -46,6 +44,9 @@ static NEXT_HEAP_ID: core::sync::atomic::AtomicUsize = core::sync::atomic::Atomi
 /// Memo heap id of a thread whose thread-locals are being destroyed.
 #[cfg(not(loom))]
 const DEAD: usize = usize::MAX;
+/// Memo heap id while a thread is being bound (guards against re-entrant allocation).
+#[cfg(not(loom))]
+const BINDING: usize = usize::MAX - 1;
 
 #[derive(Clone, Copy)]
 struct Memo {
@@ -171,10 +172,20 @@ impl FtHeap {
         }
         #[cfg(not(loom))]
         {
-            if MEMO.with(|m| m.get()).heap == DEAD {
+            let prev = MEMO.with(|m| m.get());
+            if prev.heap == DEAD || prev.heap == BINDING {
                 return ptr::null_mut();
             }
+            // While binding, a nested allocation (from pthread_setspecific) takes the
+            // cache-less path instead of recursing.
+            MEMO.with(|m| {
+                m.set(Memo {
+                    heap: BINDING,
+                    cache: ptr::null_mut(),
+                })
+            });
             let Some(tid) = exit::current_tid() else {
+                MEMO.with(|m| m.set(prev));
                 return ptr::null_mut();
             };
             // SAFETY: tid < MAX_THREADS; only the thread holding tid touches this entry, and
@@ -183,6 +194,7 @@ impl FtHeap {
             if entry.is_null() {
                 *entry = self.acquire_cache();
                 if entry.is_null() {
+                    MEMO.with(|m| m.set(prev));
                     return ptr::null_mut();
                 }
             }
@@ -319,14 +331,30 @@ impl FtHeap {
 }
 
 /// Thread exit: the `tid` registry and the destructor that abandons the thread's cache.
+///
+/// The destructor is a `pthread_key` destructor, not a Rust thread-local with `Drop`: registering
+/// a Rust TLS destructor goes through `__cxa_thread_atexit_impl`, which calls `calloc`, and in the
+/// C-ABI library `calloc` is this allocator. The key is created once, the first time a thread
+/// binds, which in practice is early in the process, so it gets a low index and
+/// `pthread_setspecific` needs no memory (glibc allocates only for keys >= 32). If it ever did,
+/// the nested allocation would find the memo in the `BINDING` state and take the cache-less path.
 #[cfg(not(loom))]
 mod exit {
     use super::{Memo, DEAD, MAX_THREADS, MEMO};
+    use core::cell::Cell;
     use core::ptr;
-    use core::sync::atomic::{AtomicU64, Ordering};
+    use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
     /// One bit per thread index in use.
     static TIDS: [AtomicU64; MAX_THREADS / 64] = [const { AtomicU64::new(0) }; MAX_THREADS / 64];
+
+    /// The pthread key plus one (0: not created yet).
+    static KEY: AtomicUsize = AtomicUsize::new(0);
+
+    std::thread_local! {
+        /// This thread's index plus one (0: none yet). Const, no destructor.
+        static TID: Cell<usize> = const { Cell::new(0) };
+    }
 
     fn acquire_tid() -> Option<usize> {
         for (w, word) in TIDS.iter().enumerate() {
@@ -351,32 +379,51 @@ mod exit {
         TIDS[tid / 64].fetch_and(!(1u64 << (tid % 64)), Ordering::Release);
     }
 
-    struct TidGuard {
-        tid: Option<usize>,
-    }
-
-    impl Drop for TidGuard {
-        fn drop(&mut self) {
-            MEMO.with(|m| {
-                m.set(Memo {
-                    heap: DEAD,
-                    cache: ptr::null_mut(),
-                })
-            });
-            if let Some(tid) = self.tid {
-                crate::global::thread_exit(|heap, cx| heap.abandon_tid(tid, cx));
-                release_tid(tid);
+    fn key() -> Option<libc::pthread_key_t> {
+        let k = KEY.load(Ordering::Acquire);
+        if k != 0 {
+            return Some((k - 1) as libc::pthread_key_t);
+        }
+        let mut new: libc::pthread_key_t = 0;
+        // SAFETY: `new` is a valid out-pointer; on_exit matches the destructor signature.
+        if unsafe { libc::pthread_key_create(&mut new, Some(on_exit)) } != 0 {
+            return None;
+        }
+        match KEY.compare_exchange(0, new as usize + 1, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => Some(new),
+            Err(winner) => {
+                // SAFETY: our key was never used.
+                unsafe { libc::pthread_key_delete(new) };
+                Some((winner - 1) as libc::pthread_key_t)
             }
         }
     }
 
-    std::thread_local! {
-        static GUARD: TidGuard = TidGuard { tid: acquire_tid() };
+    unsafe extern "C" fn on_exit(value: *mut libc::c_void) {
+        let tid = value as usize - 1;
+        MEMO.with(|m| {
+            m.set(Memo {
+                heap: DEAD,
+                cache: ptr::null_mut(),
+            })
+        });
+        crate::global::thread_exit(|heap, cx| heap.abandon_tid(tid, cx));
+        TID.with(|t| t.set(0));
+        release_tid(tid);
     }
 
-    /// The calling thread's index; registers the exit destructor on first use. None when the
-    /// thread's locals are being destroyed or all indices are taken.
+    /// The calling thread's index; registers the exit destructor on first use. None when no
+    /// index or key is left.
     pub(super) fn current_tid() -> Option<usize> {
-        GUARD.try_with(|g| g.tid).ok().flatten()
+        let t = TID.with(|t| t.get());
+        if t != 0 {
+            return Some(t - 1);
+        }
+        let key = key()?;
+        let tid = acquire_tid()?;
+        TID.with(|t| t.set(tid + 1));
+        // SAFETY: a valid key; the value is a non-null integer, read back only by on_exit.
+        unsafe { libc::pthread_setspecific(key, (tid + 1) as *mut libc::c_void) };
+        Some(tid)
     }
 }

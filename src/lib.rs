@@ -100,6 +100,9 @@ impl fmt::Display for Mode {
     }
 }
 
+// The variants are large and unequal, but an Allocator is built once and lives long; boxing
+// the larger one would allocate, which the global allocator cannot do while it starts.
+#[allow(clippy::large_enum_variant)]
 enum Front {
     Gil(GilHeap),
     Ft(FtHeap),

@@ -198,6 +198,40 @@ impl fmt::Display for Grouped {
     }
 }
 
+/// A label formatted into a stack buffer, so that it can be padded (formatting allocates
+/// nothing: stats are printed at exit by the global allocator).
+struct Label {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl Label {
+    fn new(args: fmt::Arguments<'_>) -> Label {
+        let mut l = Label {
+            buf: [0; 64],
+            len: 0,
+        };
+        let _ = fmt::Write::write_fmt(&mut l, args);
+        l
+    }
+}
+
+impl fmt::Write for Label {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+impl fmt::Display for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Only ASCII is ever written into labels, so any prefix is valid UTF-8.
+        f.pad(core::str::from_utf8(&self.buf[..self.len]).unwrap_or("?"))
+    }
+}
+
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "ftmalloc ({} mode)", self.mode)?;
@@ -241,10 +275,10 @@ impl fmt::Display for Stats {
         writeln!(
             f,
             "{:<35}= {:>21}\n",
-            format_args!(
+            Label::new(format_args!(
                 "{} arenas * {} bytes/arena",
                 self.counters.current, self.arena_size
-            ),
+            )),
             Grouped(self.mapped_bytes())
         )?;
         line(
@@ -260,10 +294,10 @@ impl fmt::Display for Stats {
         writeln!(
             f,
             "{:<35}= {:>21}",
-            format_args!(
+            Label::new(format_args!(
                 "{} unused pools * {} bytes",
                 self.unused_pools, self.pool_size
-            ),
+            )),
             Grouped(self.bytes_in_unused_pools())
         )?;
         line(
@@ -282,11 +316,7 @@ impl fmt::Display for Stats {
             writeln!(f)?;
             line(f, "# thread caches", self.thread_caches)?;
             line(f, "# pools held by thread caches", self.cached_pools)?;
-            line(
-                f,
-                "# pools abandoned (awaiting adoption)",
-                self.abandoned_pools,
-            )?;
+            line(f, "# pools awaiting adoption", self.abandoned_pools)?;
         }
         Ok(())
     }

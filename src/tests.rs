@@ -24,7 +24,7 @@ fn blocks_are_aligned_distinct_and_sized_by_class() {
         assert_eq!(p as usize % 16, 0);
         assert!(a.owns(p));
         // SAFETY: p is live.
-        assert_eq!(unsafe { a.usable_size(p) }, (size + 15) / 16 * 16);
+        assert_eq!(unsafe { a.usable_size(p) }, size.div_ceil(16) * 16);
         assert!(seen.insert(p as usize));
         ptrs.push((p, size));
     }
