@@ -88,7 +88,7 @@ fn stress(mode: Mode) {
             let (a, pats, barrier) = (&a, &pats, &barrier);
             s.spawn(move || {
                 let mut tc = a.thread_cache().expect("cache slot");
-                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1) * 0x1234_5678);
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((t as u64 + 1) * 0x1234_5678));
                 let mut live: Vec<(usize, usize)> = Vec::new();
                 let mut outbox = Vec::new();
                 let free_remote = |tc: &mut ftmalloc::ThreadCache<'_>,
