@@ -238,7 +238,7 @@ impl FtHeap {
             if !c.is_null() && (*c).owns(pool) {
                 (*c).free_local(pool, block, cx);
             } else {
-                thread_cache::remote_free(pool, block, &self.central);
+                thread_cache::remote_free(pool, block, c, cx);
             }
         }
     }

@@ -8,22 +8,76 @@
 use crate::size_class::ALIGNMENT;
 use core::ptr;
 
+#[cfg(not(feature = "libc-internal"))]
+mod sys {
+    pub(super) use libc::{calloc, free, malloc, malloc_usable_size, realloc};
+
+    /// # Safety
+    /// As `posix_memalign`.
+    pub(super) unsafe fn memalign(align: usize, size: usize) -> *mut libc::c_void {
+        let mut p = core::ptr::null_mut();
+        // SAFETY: align is a power of two multiple of the pointer size (caller's contract).
+        if unsafe { libc::posix_memalign(&mut p, align, size) } == 0 {
+            p
+        } else {
+            core::ptr::null_mut()
+        }
+    }
+}
+
+/// glibc's allocator under its internal names: in the C-ABI library, `malloc` is ftmalloc.
+#[cfg(feature = "libc-internal")]
+mod sys {
+    use core::ffi::c_void;
+    use core::sync::atomic::{AtomicPtr, Ordering};
+
+    extern "C" {
+        #[link_name = "__libc_malloc"]
+        pub(super) fn malloc(size: usize) -> *mut c_void;
+        #[link_name = "__libc_calloc"]
+        pub(super) fn calloc(n: usize, size: usize) -> *mut c_void;
+        #[link_name = "__libc_realloc"]
+        pub(super) fn realloc(p: *mut c_void, size: usize) -> *mut c_void;
+        #[link_name = "__libc_free"]
+        pub(super) fn free(p: *mut c_void);
+        #[link_name = "__libc_memalign"]
+        pub(super) fn memalign(align: usize, size: usize) -> *mut c_void;
+    }
+
+    static USABLE: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
+
+    /// glibc's `malloc_usable_size`, found with `dlsym(RTLD_NEXT)` on first use (glibc exports
+    /// no internal name for it). `dlsym` may allocate; by then the allocator is running.
+    ///
+    /// # Safety
+    /// `p` must be a live pointer of glibc's allocator.
+    pub(super) unsafe fn malloc_usable_size(p: *mut c_void) -> usize {
+        let mut f = USABLE.load(Ordering::Acquire);
+        if f.is_null() {
+            // SAFETY: the name is NUL-terminated; RTLD_NEXT finds the definition after ours.
+            f = unsafe { libc::dlsym(libc::RTLD_NEXT, c"malloc_usable_size".as_ptr()) };
+            if f.is_null() {
+                return 0;
+            }
+            USABLE.store(f, Ordering::Release);
+        }
+        // SAFETY: f is glibc's malloc_usable_size, whose signature this is.
+        let f: unsafe extern "C" fn(*mut c_void) -> usize = unsafe { core::mem::transmute(f) };
+        // SAFETY: per the contract.
+        unsafe { f(p) }
+    }
+}
+
 /// `size` bytes aligned to `align`, or null.
 #[inline]
 pub(crate) fn alloc(size: usize, align: usize) -> *mut u8 {
     if align <= ALIGNMENT {
         // SAFETY: malloc has no preconditions; glibc aligns to 16 on 64-bit.
-        unsafe { libc::malloc(size).cast() }
+        unsafe { sys::malloc(size).cast() }
     } else {
-        let mut p = ptr::null_mut();
-        // SAFETY: align is a power of two and a multiple of the pointer size (Layout guarantees
-        // a power of two; it is > 16 here).
-        let rc = unsafe { libc::posix_memalign(&mut p, align, size) };
-        if rc == 0 {
-            p.cast()
-        } else {
-            ptr::null_mut()
-        }
+        // SAFETY: align is a power of two (Layout guarantees it) above 16, so a multiple of the
+        // pointer size.
+        unsafe { sys::memalign(align, size).cast() }
     }
 }
 
@@ -32,7 +86,7 @@ pub(crate) fn alloc(size: usize, align: usize) -> *mut u8 {
 pub(crate) fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
     if align <= ALIGNMENT {
         // SAFETY: calloc has no preconditions.
-        unsafe { libc::calloc(1, size).cast() }
+        unsafe { sys::calloc(1, size).cast() }
     } else {
         let p = alloc(size, align);
         if !p.is_null() {
@@ -50,7 +104,7 @@ pub(crate) fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
 #[inline]
 pub(crate) unsafe fn free(p: *mut u8) {
     // SAFETY: per the contract.
-    unsafe { libc::free(p.cast()) }
+    unsafe { sys::free(p.cast()) }
 }
 
 /// Resizes a pointer of the allocator underneath (alignment <= 16).
@@ -60,7 +114,7 @@ pub(crate) unsafe fn free(p: *mut u8) {
 #[inline]
 pub(crate) unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
     // SAFETY: per the contract.
-    unsafe { libc::realloc(p.cast(), new_size).cast() }
+    unsafe { sys::realloc(p.cast(), new_size).cast() }
 }
 
 /// Usable size of a pointer of the allocator underneath.
@@ -70,5 +124,5 @@ pub(crate) unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
 #[inline]
 pub(crate) unsafe fn usable_size(p: *const u8) -> usize {
     // SAFETY: per the contract.
-    unsafe { libc::malloc_usable_size(p as *mut libc::c_void) }
+    unsafe { sys::malloc_usable_size(p as *mut libc::c_void) }
 }

@@ -473,7 +473,7 @@ impl ThreadCache<'_> {
                     if (*self.cache).owns(pool) {
                         (*self.cache).free_local(pool, ptr, &cx);
                     } else {
-                        thread_cache::remote_free(pool, ptr, &ft.central);
+                        thread_cache::remote_free(pool, ptr, self.cache, &cx);
                     }
                 }
                 return;

@@ -207,6 +207,34 @@ impl Cache {
         }
     }
 
+    /// Takes ownership of a pool handed over to us (protocols 2 and 6): collect its remote
+    /// list, then keep it on the partial list, or return it to its arena if it is empty and
+    /// `keep_empty` is false. True if it was kept.
+    ///
+    /// # Safety
+    /// `pool` must be handed over to the caller (ownerless, on no list) and serve `class`.
+    unsafe fn take_over(
+        &mut self,
+        pool: *mut PoolHeader,
+        class: usize,
+        keep_empty: bool,
+        cx: &Ctx<'_>,
+    ) -> bool {
+        // SAFETY: per the contract the pool is ours to own.
+        unsafe {
+            (*pool).shared.owner.store(self.token(), Ordering::Relaxed);
+            collect(pool);
+            if (*pool).refs() == 0 && !keep_empty {
+                (*pool).shared.owner.store(0, Ordering::Relaxed);
+                cx.central.return_pool(pool, cx.map);
+                false
+            } else {
+                self.push_partial(pool, class);
+                true
+            }
+        }
+    }
+
     /// Takes the abandoned pools of `class` (protocol 6). True if one with a free block came.
     fn adopt(&mut self, class: usize, cx: &Ctx<'_>) -> bool {
         let mut p = cx.central.take_abandoned(class);
@@ -215,15 +243,8 @@ impl Cache {
             // SAFETY: the swap gave us every pool of the chain; each is handed over to us.
             unsafe {
                 let next = (*p).shared.next_abandoned.load(Ordering::Relaxed);
-                (*p).shared.owner.store(self.token(), Ordering::Relaxed);
-                collect(p);
-                if (*p).refs() == 0 && got {
-                    (*p).shared.owner.store(0, Ordering::Relaxed);
-                    cx.central.return_pool(p, cx.map);
-                } else {
-                    self.push_partial(p, class);
-                    got = true;
-                }
+                // Keep the first pool even if empty (we need one); return other empty ones.
+                got |= self.take_over(p, class, !got, cx);
                 p = next;
             }
         }
@@ -330,11 +351,18 @@ impl Cache {
     }
 }
 
-/// Frees a block of a pool the calling thread does not own (protocol 2).
+/// Frees a block of a pool the calling thread does not own (protocol 2). `cache` is the
+/// calling thread's cache of this heap, or null if it has none.
 ///
 /// # Safety
-/// `block` must be a live block of the claimed pool `pool`, and not used afterwards.
-pub(crate) unsafe fn remote_free(pool: *mut PoolHeader, block: *mut u8, central: &Central) {
+/// `block` must be a live block of the claimed pool `pool`, and not used afterwards; `cache`
+/// must be null or a cache used only by the calling thread.
+pub(crate) unsafe fn remote_free(
+    pool: *mut PoolHeader,
+    block: *mut u8,
+    cache: *mut Cache,
+    cx: &Ctx<'_>,
+) {
     // SAFETY: the pool is claimed while it has a live block, so its shared line is valid.
     let remote = unsafe { &(*pool).shared.remote };
     let b = block.cast::<Block>();
@@ -350,12 +378,16 @@ pub(crate) unsafe fn remote_free(pool: *mut PoolHeader, block: *mut u8, central:
     }
     if h & DETACHED != 0 {
         // We cleared DETACHED: the pool is handed over to us. Synchronise with the detaching
-        // owner's release so its header writes are visible, then publish it.
+        // owner's release so its header writes are visible, then adopt or publish it.
         fence(Ordering::Acquire);
-        // SAFETY: we hold the pool; its class is stable.
+        // SAFETY: we hold the pool; its class is stable; a non-null cache is ours alone.
         unsafe {
             let class = (*pool).class() as usize;
-            central.push_abandoned(pool, class);
+            if cache.is_null() {
+                cx.central.push_abandoned(pool, class);
+            } else {
+                (*cache).take_over(pool, class, false, cx);
+            }
         }
     }
 }

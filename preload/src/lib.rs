@@ -1,0 +1,232 @@
+//! ftmalloc as a drop-in `malloc`: build with `cargo build --release -p ftmalloc-preload` and run
+//! any dynamically linked program with `LD_PRELOAD=target/release/libftmalloc.so`.
+//!
+//! Every export forwards to the process-wide heap ([`FtMalloc::instance`]), whose mode comes
+//! from `FTMALLOC_MODE` (`ft` by default, or `gil`), and whose statistics are printed at exit
+//! with `FTMALLOC_STATS=1`. Requests above 512 bytes or aligned above 16 go to glibc's own
+//! allocator through its internal entry points (`__libc_malloc` and friends; never `dlsym` on
+//! the allocation path), and pointers the arena map does not know — allocated before the library
+//! loaded, or by that fallback — are sent back there.
+//!
+//! Living inside libc:
+//! - start-up allocates nothing (the first `malloc` builds the heap from `mmap`ed memory);
+//! - thread exit runs through a `pthread_key` destructor created early (low index, so
+//!   `pthread_setspecific` allocates nothing), and a thread being bound that re-enters takes a
+//!   cache-less path;
+//! - `pthread_atfork` handlers are installed when the heap is built;
+//! - every export is `extern "C"`, so a panic cannot unwind into C: Rust aborts the process.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use core::alloc::Layout;
+use core::ffi::c_void;
+use core::ptr;
+use ftmalloc_core::FtMalloc;
+
+const MIN_ALIGN: usize = 16;
+
+#[inline(always)]
+fn heap() -> &'static ftmalloc_core::Allocator {
+    FtMalloc::instance()
+}
+
+fn set_errno(e: i32) {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() = e };
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as usize
+    } else {
+        4096
+    }
+}
+
+/// Allocates `size` bytes aligned to `align` (a power of two), setting errno on failure.
+#[inline(always)]
+fn alloc_aligned(size: usize, align: usize) -> *mut c_void {
+    let Ok(layout) = Layout::from_size_align(size, align.max(1)) else {
+        set_errno(libc::ENOMEM);
+        return ptr::null_mut();
+    };
+    // SAFETY: a valid layout; zero sizes are allowed by Allocator::alloc.
+    let p = unsafe { heap().alloc(layout) };
+    if p.is_null() {
+        set_errno(libc::ENOMEM);
+    }
+    p.cast()
+}
+
+/// `malloc(3)`.
+///
+/// # Safety
+/// C semantics.
+#[no_mangle]
+pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+    alloc_aligned(size, MIN_ALIGN)
+}
+
+/// `free(3)`; preserves `errno`.
+///
+/// # Safety
+/// `p` must be null or a live pointer from this library or from glibc's allocator.
+#[no_mangle]
+pub unsafe extern "C" fn free(p: *mut c_void) {
+    if p.is_null() {
+        return;
+    }
+    // SAFETY: reading this thread's errno slot.
+    let saved = unsafe { *libc::__errno_location() };
+    // SAFETY: per the contract; the arena map routes foreign pointers to glibc.
+    unsafe { heap().free(p.cast()) };
+    set_errno(saved);
+}
+
+/// `calloc(3)`: an overflowing `n * size` gives null and `ENOMEM`.
+///
+/// # Safety
+/// C semantics.
+#[no_mangle]
+pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
+    let Some(total) = n.checked_mul(size) else {
+        set_errno(libc::ENOMEM);
+        return ptr::null_mut();
+    };
+    let Ok(layout) = Layout::from_size_align(total, MIN_ALIGN) else {
+        set_errno(libc::ENOMEM);
+        return ptr::null_mut();
+    };
+    // SAFETY: a valid layout.
+    let p = unsafe { heap().alloc_zeroed(layout) };
+    if p.is_null() {
+        set_errno(libc::ENOMEM);
+    }
+    p.cast()
+}
+
+/// `realloc(3)`, as glibc does it: a null pointer allocates; size 0 frees and returns null.
+///
+/// # Safety
+/// `p` must be null or a live pointer from this library or from glibc's allocator.
+#[no_mangle]
+pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
+    if p.is_null() {
+        return alloc_aligned(size, MIN_ALIGN);
+    }
+    if size == 0 {
+        // SAFETY: per the contract.
+        unsafe { free(p) };
+        return ptr::null_mut();
+    }
+    let h = heap();
+    // SAFETY: p is live (contract), so its usable size is readable and at least what was asked.
+    let old = unsafe { h.usable_size(p.cast()) };
+    let (Ok(layout), true) = (
+        Layout::from_size_align(old, MIN_ALIGN),
+        size <= isize::MAX as usize,
+    ) else {
+        set_errno(libc::ENOMEM);
+        return ptr::null_mut();
+    };
+    // SAFETY: p is live with at least `old` usable bytes; new size is non-zero and in range.
+    let q = unsafe { h.realloc(p.cast(), layout, size) };
+    if q.is_null() {
+        set_errno(libc::ENOMEM);
+    }
+    q.cast()
+}
+
+/// `reallocarray(3)`: an overflowing `n * size` gives null and `ENOMEM`, leaving `p` alone.
+///
+/// # Safety
+/// As [`realloc`].
+#[no_mangle]
+pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> *mut c_void {
+    match n.checked_mul(size) {
+        // SAFETY: forwarded contract.
+        Some(total) => unsafe { realloc(p, total) },
+        None => {
+            set_errno(libc::ENOMEM);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// `posix_memalign(3)`: `EINVAL` unless `align` is a power of two multiple of `sizeof(void *)`.
+///
+/// # Safety
+/// `out` must be writable.
+#[no_mangle]
+pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> i32 {
+    if !align.is_power_of_two() || !align.is_multiple_of(core::mem::size_of::<*mut c_void>()) {
+        return libc::EINVAL;
+    }
+    let p = alloc_aligned(size, align);
+    if p.is_null() {
+        return libc::ENOMEM;
+    }
+    // SAFETY: per the contract.
+    unsafe { *out = p };
+    0
+}
+
+/// `aligned_alloc(3)`: `EINVAL` (and null) unless `align` is a power of two.
+///
+/// # Safety
+/// C semantics.
+#[no_mangle]
+pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    if !align.is_power_of_two() {
+        set_errno(libc::EINVAL);
+        return ptr::null_mut();
+    }
+    alloc_aligned(size, align)
+}
+
+/// `memalign(3)`: like glibc, an alignment that is not a power of two is rounded up to one.
+///
+/// # Safety
+/// C semantics.
+#[no_mangle]
+pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
+    let Some(align) = align.max(1).checked_next_power_of_two() else {
+        set_errno(libc::EINVAL);
+        return ptr::null_mut();
+    };
+    alloc_aligned(size, align)
+}
+
+/// `valloc(3)`: page-aligned.
+///
+/// # Safety
+/// C semantics.
+#[no_mangle]
+pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
+    alloc_aligned(size, page_size())
+}
+
+/// `pvalloc(3)`: page-aligned, size rounded up to whole pages.
+///
+/// # Safety
+/// C semantics.
+#[no_mangle]
+pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
+    let ps = page_size();
+    let Some(rounded) = size.max(1).checked_next_multiple_of(ps) else {
+        set_errno(libc::ENOMEM);
+        return ptr::null_mut();
+    };
+    alloc_aligned(rounded, ps)
+}
+
+/// `malloc_usable_size(3)`.
+///
+/// # Safety
+/// `p` must be null or a live pointer from this library or from glibc's allocator.
+#[no_mangle]
+pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
+    // SAFETY: per the contract; null gives 0.
+    unsafe { heap().usable_size(p.cast()) }
+}

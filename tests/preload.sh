@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Runs unmodified programs on libftmalloc.so (LD_PRELOAD), in both modes: C-ABI checks, ordinary
+# programs, and CPython with PYTHONMALLOC=malloc over its own regression tests.
+# Fails loudly on the first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --release -p ftmalloc-preload
+LIB="$PWD/target/release/libftmalloc.so"
+test -f "$LIB" || { echo "preload: $LIB was not built" >&2; exit 1; }
+
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+cc -O1 -pthread -o "$WORK/abi" tests/c/abi.c
+
+# A real interpreter binary (not a pyenv shim script, which would run under the library too).
+PY="$(python3 -c 'import sys; print(sys.executable)')"
+PY_TESTS=(test_dict test_list test_set test_unicode test_json test_pickle test_gc test_weakref
+          test_thread test_threading_local test_queue test_collections test_re)
+
+run() { # mode, description, command...
+    local mode="$1" what="$2"; shift 2
+    printf 'preload[%s]: %s\n' "$mode" "$what"
+    if ! FTMALLOC_MODE="$mode" LD_PRELOAD="$LIB" "$@" >"$WORK/out" 2>"$WORK/err"; then
+        echo "preload[$mode]: FAILED: $what" >&2
+        tail -n 40 "$WORK/out" "$WORK/err" >&2
+        exit 1
+    fi
+}
+
+for mode in ft gil; do
+    run "$mode" "C-ABI checks" "$WORK/abi"
+    run "$mode" "ls -lR /usr/share" ls -lR /usr/share
+    run "$mode" "sort" sh -c "ls -lR /usr/share/doc | sort > '$WORK/sorted' && test -s '$WORK/sorted'"
+    run "$mode" "git --version" git --version
+    run "$mode" "python3 -c" "$PY" -c 'import json, re; assert json.loads(json.dumps({"a": [1, 2]}))["a"] == [1, 2]; assert re.match(r"\w+", "ftmalloc")'
+    # Every Python object from ftmalloc. (No FTMALLOC_STATS here: some tests check that a child
+    # interpreter writes nothing to stderr.)
+    run "$mode" "python3 -m test (PYTHONMALLOC=malloc): ${PY_TESTS[*]}" \
+        env PYTHONMALLOC=malloc "$PY" -m test -q "${PY_TESTS[@]}"
+    grep -q "Tests result: SUCCESS" "$WORK/out" || { echo "preload[$mode]: CPython tests did not succeed" >&2; tail "$WORK/out" >&2; exit 1; }
+    # The statistics at exit must show that ftmalloc served Python's small objects.
+    run "$mode" "python3 (PYTHONMALLOC=malloc, FTMALLOC_STATS=1): dict/list/str churn" \
+        env PYTHONMALLOC=malloc FTMALLOC_STATS=1 "$PY" -c 'd = {str(i): [i] * (i % 7) for i in range(100000)}; print(len(d))'
+    grep -q "^ftmalloc ($mode mode)" "$WORK/err" || { echo "preload[$mode]: no ftmalloc statistics at exit" >&2; exit 1; }
+    awk '/^# arenas highwater mark/ { gsub(",", "", $NF); if ($NF + 0 < 2) bad = 1; seen = 1 } END { exit (seen && !bad) ? 0 : 1 }' "$WORK/err" \
+        || { echo "preload[$mode]: ftmalloc served no small object" >&2; exit 1; }
+    echo "preload[$mode]: $(grep -m1 '^# arenas highwater mark' "$WORK/err" | tr -s ' ')"
+done
+
+# A bad mode is refused with a message naming it.
+if FTMALLOC_MODE=bogus LD_PRELOAD="$LIB" ls / >/dev/null 2>"$WORK/err"; then
+    echo "preload: FTMALLOC_MODE=bogus was accepted" >&2; exit 1
+fi
+grep -q 'FTMALLOC_MODE="bogus" is not accepted; accepted values: ft, gil' "$WORK/err" \
+    || { echo "preload: no clear message for FTMALLOC_MODE=bogus:" >&2; cat "$WORK/err" >&2; exit 1; }
+echo "preload: all passed"
