@@ -17,6 +17,8 @@
 //! - every export is `extern "C"`, so a panic cannot unwind into C: Rust aborts the process.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod trace;
+
 use core::alloc::Layout;
 use core::ffi::c_void;
 use core::ptr;
@@ -26,7 +28,29 @@ const MIN_ALIGN: usize = 16;
 
 #[inline(always)]
 fn heap() -> &'static ftmalloc_core::Allocator {
-    FtMalloc::instance()
+    static STARTED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+    let h = FtMalloc::instance();
+    if !STARTED.load(core::sync::atomic::Ordering::Relaxed) {
+        start();
+    }
+    #[cold]
+    fn start() {
+        static ONCE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+        if !ONCE.swap(true, core::sync::atomic::Ordering::AcqRel) {
+            trace::init();
+            STARTED.store(true, core::sync::atomic::Ordering::Release);
+        }
+    }
+    h
+}
+
+/// Writes `msg` to stderr and aborts; allocates nothing.
+pub(crate) fn die(msg: &[u8]) -> ! {
+    // SAFETY: msg is a valid buffer; write and abort have no other preconditions.
+    unsafe {
+        libc::write(2, msg.as_ptr().cast(), msg.len());
+        libc::abort()
+    }
 }
 
 fn set_errno(e: i32) {
@@ -55,6 +79,8 @@ fn alloc_aligned(size: usize, align: usize) -> *mut c_void {
     let p = unsafe { heap().alloc(layout) };
     if p.is_null() {
         set_errno(libc::ENOMEM);
+    } else if trace::on() {
+        trace::record(trace::ALLOC, p as usize, size);
     }
     p.cast()
 }
@@ -79,6 +105,9 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
     }
     // SAFETY: reading this thread's errno slot.
     let saved = unsafe { *libc::__errno_location() };
+    if trace::on() {
+        trace::record(trace::FREE, p as usize, 0);
+    }
     // SAFETY: per the contract; the arena map routes foreign pointers to glibc.
     unsafe { heap().free(p.cast()) };
     set_errno(saved);
@@ -102,6 +131,8 @@ pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
     let p = unsafe { heap().alloc_zeroed(layout) };
     if p.is_null() {
         set_errno(libc::ENOMEM);
+    } else if trace::on() {
+        trace::record(trace::ALLOC, p as usize, total);
     }
     p.cast()
 }
@@ -134,6 +165,16 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
     let q = unsafe { h.realloc(p.cast(), layout, size) };
     if q.is_null() {
         set_errno(libc::ENOMEM);
+    } else if trace::on() {
+        if q == p.cast() {
+            // In place: the object ends and a new one of the new size begins at the same id.
+            trace::record(trace::FREE, p as usize, 0);
+            trace::record(trace::ALLOC, q as usize, size);
+        } else {
+            // A move: the new block exists before the old one is freed.
+            trace::record(trace::ALLOC, q as usize, size);
+            trace::record(trace::FREE, p as usize, 0);
+        }
     }
     q.cast()
 }
