@@ -1,1 +1,143 @@
-fn main() {}
+//! Criterion benches: ftmalloc (GIL and free-threaded modes) against the system allocator,
+//! mimalloc and jemalloc, every allocator in the same group.
+//!
+//! - `pair/<size>`: one thread, allocate and free one block of 16, 64, 256 or 512 bytes;
+//! - `batch/1000x64`: one thread, allocate 1000 blocks of 64 bytes, then free them;
+//! - `mt/<workload>`: the comparison harness's multithreaded workloads (`bench/src`), 2 threads,
+//!   timed with `iter_custom` from the workload's own barriers (thread creation excluded).
+//!
+//! `cargo bench --bench fastpath` (a few minutes on 2 cores); `cargo bench --bench fastpath --
+//! mt/` runs one family. The workload code is the harness's, included by path, so the numbers
+//! agree with `cargo run --release`.
+
+use std::alloc::{handle_alloc_error, Layout};
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+#[allow(dead_code)]
+#[path = "../bench/src/allocs.rs"]
+mod allocs;
+#[allow(dead_code)]
+#[path = "../bench/src/workloads.rs"]
+mod workloads;
+
+use allocs::{with_heap, AllocName, BenchAlloc, Heap};
+use workloads::{Budget, Params, WORKLOADS};
+
+/// One instance of every available allocator.
+fn heaps() -> Vec<(AllocName, Heap)> {
+    AllocName::ALL
+        .into_iter()
+        .filter_map(|a| a.instantiate().map(|h| (a, h)))
+        .collect()
+}
+
+/// Allocates a block for `layout` (size >= 8, alignment 8) and writes its first word.
+///
+/// # Safety
+/// `layout` has a size of at least 8 and an alignment of 8.
+#[inline(always)]
+unsafe fn alloc_touch<A: BenchAlloc>(a: &A, layout: Layout) -> *mut u8 {
+    // SAFETY: non-zero size (caller's contract).
+    let p = unsafe { a.alloc(layout) };
+    if p.is_null() {
+        handle_alloc_error(layout);
+    }
+    // SAFETY: a fresh block of at least 8 bytes, aligned to 8.
+    unsafe { p.cast::<u64>().write(1) };
+    black_box(p)
+}
+
+fn pair<A: BenchAlloc>(a: &A, layout: Layout) {
+    // SAFETY: the layouts used have sizes >= 8 and alignment 8; the block is freed once.
+    unsafe {
+        let p = alloc_touch(a, layout);
+        a.dealloc(p, layout);
+    }
+}
+
+fn batch<A: BenchAlloc>(a: &A, layout: Layout, live: &mut Vec<*mut u8>) {
+    for _ in 0..live.capacity() {
+        // SAFETY: as in `pair`.
+        live.push(unsafe { alloc_touch(a, layout) });
+    }
+    for p in live.drain(..) {
+        // SAFETY: every pointer was allocated above with `layout` and is freed once.
+        unsafe { a.dealloc(p, layout) };
+    }
+}
+
+fn fast_path(c: &mut Criterion) {
+    let heaps = heaps();
+    for size in [16usize, 64, 256, 512] {
+        let layout = Layout::from_size_align(size, 8).expect("small layout");
+        let mut g = c.benchmark_group(format!("pair/{size}"));
+        g.throughput(Throughput::Elements(1));
+        for (name, heap) in &heaps {
+            g.bench_function(
+                name.name(),
+                |b| with_heap!(heap, a => b.iter(|| pair(a, layout))),
+            );
+        }
+        g.finish();
+    }
+
+    let layout = Layout::from_size_align(64, 8).expect("small layout");
+    let mut g = c.benchmark_group("batch/1000x64");
+    g.throughput(Throughput::Elements(1000));
+    for (name, heap) in &heaps {
+        let mut live = Vec::with_capacity(1000);
+        g.bench_function(
+            name.name(),
+            |b| with_heap!(heap, a => b.iter(|| batch(a, layout, &mut live))),
+        );
+    }
+    g.finish();
+}
+
+/// Worker threads of the multithreaded benches.
+const MT_THREADS: usize = 2;
+/// Operations per thread and iteration of the multithreaded benches.
+const MT_OPS: u64 = 20_000;
+
+fn multithreaded(c: &mut Criterion) {
+    let heaps = heaps();
+    let params = Params {
+        threads: MT_THREADS,
+        budget: Budget::Ops(MT_OPS),
+        seed: 0x5EED,
+    };
+    for w in WORKLOADS {
+        let mut g = c.benchmark_group(format!("mt/{}", w.name));
+        // The operations of one iteration, from a run outside the measurement (it also warms
+        // the heap up).
+        let ops = (w.run)(&heaps[0].1, &params).ops;
+        g.throughput(Throughput::Elements(ops));
+        for (name, heap) in &heaps {
+            g.bench_function(BenchmarkId::new(name.name(), MT_THREADS), |b| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| (w.run)(heap, &params).elapsed)
+                        .sum::<Duration>()
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = fast_path, multithreaded
+}
+criterion_main!(benches);

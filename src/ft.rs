@@ -407,7 +407,11 @@ mod exit {
                 cache: ptr::null_mut(),
             })
         });
-        crate::global::thread_exit(|heap, cx| heap.abandon_tid(tid, cx));
+        crate::global::thread_exit(|heap, cx| {
+            heap.abandon_tid(tid, cx);
+            // Pools this and earlier exited threads left ownerless may be empty by now.
+            heap.trim(cx);
+        });
         TID.with(|t| t.set(0));
         release_tid(tid);
     }

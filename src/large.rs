@@ -8,50 +8,118 @@
 use crate::size_class::ALIGNMENT;
 use core::ptr;
 
-#[cfg(not(feature = "libc-internal"))]
-mod sys {
-    pub(super) use libc::{calloc, free, malloc, malloc_usable_size, realloc};
+use core::ffi::c_void;
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
-    /// # Safety
-    /// As `posix_memalign`.
-    pub(super) unsafe fn memalign(align: usize, size: usize) -> *mut libc::c_void {
-        let mut p = core::ptr::null_mut();
-        // SAFETY: align is a power of two multiple of the pointer size (caller's contract).
-        if unsafe { libc::posix_memalign(&mut p, align, size) } == 0 {
-            p
-        } else {
-            core::ptr::null_mut()
-        }
-    }
+/// True once the C-ABI library asked for glibc's internal entry points.
+static INTERNAL: AtomicBool = AtomicBool::new(false);
+
+/// Makes the allocator underneath glibc's own `__libc_malloc` family instead of `malloc`.
+///
+/// For the C-ABI library (`preload/`), where `malloc` itself is ftmalloc: it calls this before
+/// its first allocation. A Rust program keeps the default (`malloc`), which is the same allocator
+/// reached through its public names.
+#[doc(hidden)]
+pub fn use_glibc_internal_allocator() {
+    INTERNAL.store(true, Ordering::Release);
 }
 
-/// glibc's allocator under its internal names: in the C-ABI library, `malloc` is ftmalloc.
-#[cfg(feature = "libc-internal")]
-mod sys {
-    use core::ffi::c_void;
-    use core::sync::atomic::{AtomicPtr, Ordering};
+#[inline(always)]
+fn internal() -> bool {
+    INTERNAL.load(Ordering::Relaxed)
+}
 
-    extern "C" {
-        #[link_name = "__libc_malloc"]
-        pub(super) fn malloc(size: usize) -> *mut c_void;
-        #[link_name = "__libc_calloc"]
-        pub(super) fn calloc(n: usize, size: usize) -> *mut c_void;
-        #[link_name = "__libc_realloc"]
-        pub(super) fn realloc(p: *mut c_void, size: usize) -> *mut c_void;
-        #[link_name = "__libc_free"]
-        pub(super) fn free(p: *mut c_void);
-        #[link_name = "__libc_memalign"]
-        pub(super) fn memalign(align: usize, size: usize) -> *mut c_void;
+extern "C" {
+    fn __libc_malloc(size: usize) -> *mut c_void;
+    fn __libc_calloc(n: usize, size: usize) -> *mut c_void;
+    fn __libc_realloc(p: *mut c_void, size: usize) -> *mut c_void;
+    fn __libc_free(p: *mut c_void);
+    fn __libc_memalign(align: usize, size: usize) -> *mut c_void;
+}
+
+static USABLE: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
+
+/// The C library's allocator, through its public or internal names.
+mod sys {
+    use super::*;
+
+    pub(super) unsafe fn malloc(size: usize) -> *mut c_void {
+        // SAFETY: no preconditions.
+        unsafe {
+            if internal() {
+                __libc_malloc(size)
+            } else {
+                libc::malloc(size)
+            }
+        }
     }
 
-    static USABLE: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
+    pub(super) unsafe fn calloc(n: usize, size: usize) -> *mut c_void {
+        // SAFETY: no preconditions.
+        unsafe {
+            if internal() {
+                __libc_calloc(n, size)
+            } else {
+                libc::calloc(n, size)
+            }
+        }
+    }
 
-    /// glibc's `malloc_usable_size`, found with `dlsym(RTLD_NEXT)` on first use (glibc exports
-    /// no internal name for it). `dlsym` may allocate; by then the allocator is running.
+    /// # Safety
+    /// `p` live in the C library's allocator.
+    pub(super) unsafe fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
+        // SAFETY: per the contract.
+        unsafe {
+            if internal() {
+                __libc_realloc(p, size)
+            } else {
+                libc::realloc(p, size)
+            }
+        }
+    }
+
+    /// # Safety
+    /// `p` live in the C library's allocator.
+    pub(super) unsafe fn free(p: *mut c_void) {
+        // SAFETY: per the contract.
+        unsafe {
+            if internal() {
+                __libc_free(p)
+            } else {
+                libc::free(p)
+            }
+        }
+    }
+
+    /// # Safety
+    /// `align` a power of two multiple of the pointer size.
+    pub(super) unsafe fn memalign(align: usize, size: usize) -> *mut c_void {
+        // SAFETY: per the contract.
+        unsafe {
+            if internal() {
+                __libc_memalign(align, size)
+            } else {
+                let mut p = ptr::null_mut();
+                if libc::posix_memalign(&mut p, align, size) == 0 {
+                    p
+                } else {
+                    ptr::null_mut()
+                }
+            }
+        }
+    }
+
+    /// glibc's `malloc_usable_size`. With internal names it is found with `dlsym(RTLD_NEXT)` on
+    /// first use (glibc exports no internal name for it); `dlsym` may allocate, but by then the
+    /// allocator is running.
     ///
     /// # Safety
-    /// `p` must be a live pointer of glibc's allocator.
+    /// `p` live in the C library's allocator.
     pub(super) unsafe fn malloc_usable_size(p: *mut c_void) -> usize {
+        if !internal() {
+            // SAFETY: per the contract.
+            return unsafe { libc::malloc_usable_size(p) };
+        }
         let mut f = USABLE.load(Ordering::Acquire);
         if f.is_null() {
             // SAFETY: the name is NUL-terminated; RTLD_NEXT finds the definition after ours.

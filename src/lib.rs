@@ -49,6 +49,7 @@ mod thread_cache;
 
 pub use config::{Config, ConfigError, Geometry};
 pub use global::{FtMalloc, DEFAULT_MODE};
+pub use large::use_glibc_internal_allocator;
 pub use stats::{ArenaCounters, ClassStats, Stats};
 
 use arena_map::ArenaMap;
@@ -284,7 +285,8 @@ impl Allocator {
     /// underneath. Returns null (leaving `ptr` untouched) when memory is exhausted.
     ///
     /// # Safety
-    /// As [`GlobalAlloc::realloc`](core::alloc::GlobalAlloc::realloc) for this heap.
+    /// As [`GlobalAlloc::realloc`](core::alloc::GlobalAlloc::realloc) for this heap; in
+    /// particular `new_size` must not be zero (the C ABI's `realloc(p, 0)` frees instead).
     pub unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: the caller guarantees new_size rounded to align does not overflow.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };

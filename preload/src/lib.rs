@@ -29,7 +29,6 @@ const MIN_ALIGN: usize = 16;
 #[inline(always)]
 fn heap() -> &'static ftmalloc_core::Allocator {
     static STARTED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-    let h = FtMalloc::instance();
     if !STARTED.load(core::sync::atomic::Ordering::Relaxed) {
         start();
     }
@@ -37,11 +36,13 @@ fn heap() -> &'static ftmalloc_core::Allocator {
     fn start() {
         static ONCE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
         if !ONCE.swap(true, core::sync::atomic::Ordering::AcqRel) {
+            // Before anything can reach the allocator underneath: malloc is us here.
+            ftmalloc_core::use_glibc_internal_allocator();
             trace::init();
             STARTED.store(true, core::sync::atomic::Ordering::Release);
         }
     }
-    h
+    FtMalloc::instance()
 }
 
 /// Writes `msg` to stderr and aborts; allocates nothing.

@@ -167,7 +167,9 @@ extern "C" fn finish() {
     if !ON.swap(false, Ordering::AcqRel) {
         return;
     }
-    let n = NEXT.load(Ordering::Acquire).min((CAPACITY - HEADER) / EVENT);
+    let n = NEXT
+        .load(Ordering::Acquire)
+        .min((CAPACITY - HEADER) / EVENT);
     let base = BASE.load(Ordering::Acquire);
     // SAFETY: the header lies inside the mapping; fd is the trace file.
     unsafe {
