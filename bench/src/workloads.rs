@@ -74,6 +74,13 @@ pub static WORKLOADS: &[Workload] = &[
         run: |h, p| with_heap!(h, a => cache_scratch(a, p)),
     },
     Workload {
+        name: "pytrace",
+        describe: "replays a recorded CPython allocation trace (bench/pytrace): sizes, lifetimes \
+                   and the thread that frees each object, trace threads spread over N threads",
+        classic: "trace-driven replay of a real CPython run (PYTHONMALLOC=malloc)",
+        run: |h, p| with_heap!(h, a => pytrace(a, p)),
+    },
+    Workload {
         name: "fragmentation",
         describe: "cycles of 64Ki blocks of 1..=256 B, 90% freed scattered, then 32Ki blocks of \
                    257..=512 B; watch peak and retained RSS",
@@ -673,6 +680,187 @@ pub fn fragmentation<A: BenchAlloc>(a: &A, p: &Params) -> Outcome {
             done
         },
     );
+    Outcome {
+        ops: done.iter().sum(),
+        elapsed,
+    }
+}
+
+/// The recorded CPython trace (`bench/pytrace/record.sh` regenerates it; format in
+/// `bench/pytrace/convert.py`).
+static PYTRACE_GZ: &[u8] = include_bytes!("../pytrace/pytrace.bin.gz");
+
+/// One event of a replay thread: allocate or free object `obj` (generation `generation` of its
+/// slot within one pass) of `size` bytes.
+#[derive(Clone, Copy, Debug)]
+struct TraceEvent {
+    obj: u32,
+    alloc: bool,
+    size: u32,
+    generation: u32,
+}
+
+/// A trace parsed for replay on `threads` threads.
+struct Trace {
+    /// Per replay thread, its events in the trace's global order.
+    per_thread: Vec<Vec<TraceEvent>>,
+    /// Allocations of each slot in one pass.
+    allocs_per_slot: Vec<u32>,
+    /// Allocations in one pass.
+    allocs: u64,
+}
+
+fn read_varint(data: &[u8], at: &mut usize) -> u64 {
+    let mut v = 0u64;
+    let mut shift = 0;
+    loop {
+        let b = data[*at];
+        *at += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return v;
+        }
+        shift += 7;
+    }
+}
+
+/// Decompresses and parses the trace; trace thread `t` replays on thread `t % threads`, and
+/// each replay thread keeps the global order of its events, so a replay thread only ever waits
+/// for events earlier in that order (no deadlock). Objects still live at the end of the trace
+/// are freed by replay thread 0 at the end of each pass.
+fn load_trace(threads: usize) -> Trace {
+    use std::io::Read;
+    let mut data = Vec::new();
+    flate2::read::GzDecoder::new(PYTRACE_GZ)
+        .read_to_end(&mut data)
+        .expect("the embedded pytrace trace is valid gzip");
+    assert_eq!(&data[..8], b"FTMPYT01", "not a pytrace trace");
+    let slots = u32::from_le_bytes(data[12..16].try_into().unwrap()) as usize;
+    let events = u64::from_le_bytes(data[16..24].try_into().unwrap());
+    let mut per_thread = vec![Vec::new(); threads.max(1)];
+    let mut allocs_per_slot = vec![0u32; slots];
+    let mut live_size = vec![0u32; slots];
+    let mut live = vec![false; slots];
+    let mut allocs = 0u64;
+    let mut at = 24;
+    for _ in 0..events {
+        let head = data[at];
+        at += 1;
+        let thread = usize::from(head & 0x7f) % per_thread.len();
+        let alloc = head & 0x80 == 0;
+        let size = if alloc {
+            read_varint(&data, &mut at) as u32
+        } else {
+            0
+        };
+        let obj = read_varint(&data, &mut at) as u32;
+        let o = obj as usize;
+        if alloc {
+            let generation = allocs_per_slot[o];
+            allocs_per_slot[o] += 1;
+            live[o] = true;
+            live_size[o] = size;
+            allocs += 1;
+            per_thread[thread].push(TraceEvent {
+                obj,
+                alloc,
+                size,
+                generation,
+            });
+        } else {
+            live[o] = false;
+            per_thread[thread].push(TraceEvent {
+                obj,
+                alloc,
+                size: live_size[o],
+                generation: allocs_per_slot[o] - 1,
+            });
+        }
+    }
+    for o in 0..slots {
+        if live[o] {
+            per_thread[0].push(TraceEvent {
+                obj: o as u32,
+                alloc: false,
+                size: live_size[o],
+                generation: allocs_per_slot[o] - 1,
+            });
+        }
+    }
+    Trace {
+        per_thread,
+        allocs_per_slot,
+        allocs,
+    }
+}
+
+/// `pytrace`: replays the recorded CPython trace, pass after pass until the budget is spent.
+/// Each slot has a state word `2 * generation + live`; an allocation waits until its slot's
+/// previous incarnation was freed, a free until its incarnation was allocated, so sizes,
+/// lifetimes and the freeing thread are those of the recording. An operation is one allocation.
+pub fn pytrace<A: BenchAlloc>(a: &A, p: &Params) -> Outcome {
+    use std::sync::atomic::{AtomicPtr, AtomicU64};
+    let trace = load_trace(p.threads);
+    let slots: Vec<(AtomicU64, AtomicPtr<u8>)> = (0..trace.allocs_per_slot.len())
+        .map(|_| (AtomicU64::new(0), AtomicPtr::new(std::ptr::null_mut())))
+        .collect();
+    let layout = |size: u32| Layout::from_size_align(size.max(1) as usize, 8).expect("trace size");
+    let pass_gate = Barrier::new(p.threads);
+    let go_on = AtomicBool::new(true);
+    let allocs = trace.allocs;
+    let passes_for_ops = match p.budget {
+        Budget::Ops(n) => Some(n.div_ceil(allocs.max(1)).max(1)),
+        Budget::Time(_) => None,
+    };
+    let states: Vec<&Vec<TraceEvent>> = trace.per_thread.iter().collect();
+    let (elapsed, done) = timed(p.budget, states, |_, events, gate| {
+        let mut pass = 0u64;
+        let mut done = 0u64;
+        loop {
+            for ev in events {
+                let (state, ptr) = &slots[ev.obj as usize];
+                let base = pass * u64::from(trace.allocs_per_slot[ev.obj as usize]);
+                let generation = base + u64::from(ev.generation);
+                let l = layout(ev.size);
+                if ev.alloc {
+                    while state.load(Ordering::Acquire) != 2 * generation {
+                        thread::yield_now();
+                    }
+                    // SAFETY: non-zero size; the block is freed once, by the free event of
+                    // this generation.
+                    let b = unsafe { alloc_touch(a, l, generation) };
+                    ptr.store(b, Ordering::Relaxed);
+                    state.store(2 * generation + 1, Ordering::Release);
+                    done += 1;
+                } else {
+                    while state.load(Ordering::Acquire) != 2 * generation + 1 {
+                        thread::yield_now();
+                    }
+                    let b = ptr.load(Ordering::Relaxed);
+                    // SAFETY: b is the live block of this generation, allocated with l; freed
+                    // once, here.
+                    unsafe {
+                        black_box(read_first(b, l));
+                        a.dealloc(b, l);
+                    }
+                    state.store(2 * generation + 2, Ordering::Release);
+                }
+            }
+            pass += 1;
+            // Every thread agrees on whether another pass runs.
+            if pass_gate.wait().is_leader() {
+                let more = match passes_for_ops {
+                    Some(n) => pass < n,
+                    None => gate.next(0, 1) > 0,
+                };
+                go_on.store(more, Ordering::Relaxed);
+            }
+            pass_gate.wait();
+            if !go_on.load(Ordering::Relaxed) {
+                return done;
+            }
+        }
+    });
     Outcome {
         ops: done.iter().sum(),
         elapsed,
