@@ -24,6 +24,9 @@ pub struct Config {
     pub pool_size: usize,
     /// Bytes per arena (a power of two and a multiple of `pool_size`; arenas are aligned to their size).
     pub arena_size: usize,
+    /// Debug mode: size headers, guard bytes and fill patterns on every pool block, with checks
+    /// for double frees, overruns and writes to freed memory (see the `debug` module).
+    pub debug: bool,
 }
 
 /// Why a [`Config`] was refused.
@@ -52,6 +55,7 @@ impl Config {
     pub const PYMALLOC: Config = Config {
         pool_size: 16 << 10,
         arena_size: 1 << 20,
+        debug: false,
     };
 
     /// A configuration with the given pool and arena sizes (validated when an allocator is built).
@@ -59,7 +63,13 @@ impl Config {
         Config {
             pool_size,
             arena_size,
+            debug: false,
         }
+    }
+
+    /// The same configuration with debug mode on or off.
+    pub const fn with_debug(self, debug: bool) -> Config {
+        Config { debug, ..self }
     }
 
     /// Checks the configuration and derives the numbers the allocator works with.

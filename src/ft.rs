@@ -23,7 +23,6 @@ use crate::arena_map::ArenaMap;
 use crate::central::Central;
 use crate::config::Geometry;
 use crate::os;
-use crate::pool::PoolHeader;
 use crate::stats::Stats;
 use crate::sync::Ordering;
 use crate::thread_cache::{self, remote_count, Cache, Ctx, DETACHED};
@@ -222,24 +221,6 @@ impl FtHeap {
             let b = (*c).alloc(class, cx);
             self.release_cache(c, cx);
             b
-        }
-    }
-
-    /// Frees a block of one of our pools from whatever thread calls.
-    ///
-    /// # Safety
-    /// `block` must be a live block of this heap in pool `pool`.
-    #[inline(always)]
-    pub(crate) unsafe fn free(&self, pool: *mut PoolHeader, block: *mut u8, cx: &Ctx<'_>) {
-        let c = self.bound_cache();
-        // SAFETY: a bound cache is used only by this thread; the pool is claimed (it has a
-        // live block), so its header is valid.
-        unsafe {
-            if !c.is_null() && (*c).owns(pool) {
-                (*c).free_local(pool, block, cx);
-            } else {
-                thread_cache::remote_free(pool, block, c, cx);
-            }
         }
     }
 

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// - `FTMALLOC_MODE`: the mode of the process-wide heap ([`Mode::NAMES`]); unset or empty
 ///   means the default. Any other value aborts the process with a message naming it.
 /// - `FTMALLOC_STATS`: `1` prints the heap's [`Stats`] to stderr at exit; `0` or unset does not.
+/// - `FTMALLOC_DEBUG`: `1` turns debug mode on ([`Config::with_debug`](crate::Config::with_debug)).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FtMalloc;
 
@@ -70,8 +71,16 @@ fn init_slow() -> &'static Allocator {
             Ok(s) => s,
             Err(e) => die_fmt(e),
         };
+        let debug = match env_flag(c"FTMALLOC_DEBUG") {
+            Ok(d) => d,
+            Err(e) => die_fmt(e),
+        };
+        let heap = match Allocator::with_config(mode, crate::Config::PYMALLOC.with_debug(debug)) {
+            Ok(h) => h,
+            Err(e) => die_fmt(e),
+        };
         // SAFETY: we won the UNINIT -> BUSY race, so nobody else reads or writes the cell.
-        unsafe { (*INSTANCE.0.get()).write(Allocator::new(mode)) };
+        unsafe { (*INSTANCE.0.get()).write(heap) };
         STATE.store(READY, Ordering::Release);
         // SAFETY: the handlers are valid extern "C" fns; registering may allocate through the
         // C library's own allocator, not this one.

@@ -36,6 +36,7 @@
 mod arena_map;
 mod central;
 mod config;
+mod debug;
 mod ft;
 mod gil;
 mod global;
@@ -117,6 +118,8 @@ pub struct Allocator {
     geo: Geometry,
     map: ArenaMap,
     front: Front,
+    /// Debug mode (see the `debug` module).
+    debug: bool,
 }
 
 impl fmt::Debug for Allocator {
@@ -126,6 +129,33 @@ impl fmt::Debug for Allocator {
             .field("geometry", &self.geo)
             .finish()
     }
+}
+
+/// Aborts on an invalid free, naming the pointer, its pool and size class (allocates nothing).
+#[cold]
+#[inline(never)]
+fn invalid_free(ptr: usize, pool: usize, class: u32, what: &'static str) -> ! {
+    struct Msg(usize, usize, u32, &'static str);
+    impl fmt::Display for Msg {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(
+                f,
+                "ftmalloc: invalid free of {:#x}: {} (pool {:#x}, ",
+                self.0, self.3, self.1
+            )?;
+            if self.2 == pool::NO_CLASS {
+                writeln!(f, "no size class)")
+            } else {
+                writeln!(
+                    f,
+                    "size class {} = {} bytes)",
+                    self.2,
+                    class_size(self.2 as usize)
+                )
+            }
+        }
+    }
+    global::die_fmt(Msg(ptr, pool, class, what))
 }
 
 #[cold]
@@ -153,7 +183,12 @@ impl Allocator {
                 Front::Ft(FtHeap::new(geo).unwrap_or_else(|| out_of_address_space()))
             }
         };
-        Ok(Allocator { geo, map, front })
+        Ok(Allocator {
+            geo,
+            map,
+            front,
+            debug: config.debug,
+        })
     }
 
     /// The mode this heap was built with.
@@ -180,6 +215,116 @@ impl Allocator {
         layout.size().wrapping_sub(1) < self.geo.small_limit && layout.align() <= ALIGNMENT
     }
 
+    /// A block of `class` from the calling thread's cache (`cache`, or the thread's own cache
+    /// of this heap when null) or, in GIL mode, from the locked heap.
+    #[inline(always)]
+    fn small_alloc(&self, class: usize, cache: *mut Cache) -> *mut u8 {
+        match &self.front {
+            Front::Gil(h) => h.lock().alloc(class, &self.map),
+            Front::Ft(h) => {
+                let cx = h.ctx(&self.geo, &self.map);
+                let c = if cache.is_null() {
+                    h.local_cache()
+                } else {
+                    cache
+                };
+                if c.is_null() {
+                    h.alloc_cacheless(class, &cx)
+                } else {
+                    // SAFETY: a bound cache or a handle's cache is used by this thread only.
+                    unsafe { (*c).alloc(class, &cx) }
+                }
+            }
+        }
+    }
+
+    /// Frees a checked block of ours (see [`checked_block`](Self::checked_block)).
+    ///
+    /// # Safety
+    /// `block` must be a live block of `pool`; `cache` null or the caller's own cache.
+    #[inline(always)]
+    unsafe fn small_free(&self, pool: *mut PoolHeader, block: *mut u8, cache: *mut Cache) {
+        match &self.front {
+            // SAFETY: per the contract.
+            Front::Gil(h) => unsafe { h.lock().free(pool, block, &self.map) },
+            Front::Ft(h) => {
+                let cx = h.ctx(&self.geo, &self.map);
+                let c = if cache.is_null() {
+                    h.bound_cache()
+                } else {
+                    cache
+                };
+                // SAFETY: per the contract; a non-null cache is the caller's own.
+                unsafe {
+                    if !c.is_null() && (*c).owns(pool) {
+                        (*c).free_local(pool, block, &cx);
+                    } else {
+                        thread_cache::remote_free(pool, block, c, &cx);
+                    }
+                }
+            }
+        }
+    }
+
+    /// For a pointer inside our arenas: its pool and block, after the checks that are always on
+    /// (the pool is in use, the pointer is a carved block start) and, in debug mode, the debug
+    /// checks. Aborts with a message naming the pointer on failure. `None` for other pointers.
+    ///
+    /// # Safety
+    /// `ptr` must be live, from this heap or the allocator underneath (the checks catch many
+    /// violations of this for pointers inside our arenas, but not all).
+    #[inline(always)]
+    unsafe fn checked_block(&self, ptr: *mut u8) -> Option<(*mut PoolHeader, *mut u8)> {
+        let user = ptr as usize;
+        self.map.lookup(user)?;
+        let block = if self.debug {
+            debug::inner_of(ptr)
+        } else {
+            ptr
+        };
+        let pool = self.geo.pool_of(block as usize) as *mut PoolHeader;
+        // SAFETY: the arena is mapped (the map knows it), so its pool headers are readable;
+        // only atomic fields are read.
+        let (refs, class, next) = unsafe {
+            let h = &*pool;
+            (
+                h.refs(),
+                h.class(),
+                h.nextoffset.load(core::sync::atomic::Ordering::Relaxed),
+            )
+        };
+        // A header never written reads as zeros (fresh mapping): no carve mark.
+        if class == pool::NO_CLASS || (next as usize) < self.geo.pool_overhead {
+            invalid_free(
+                user,
+                pool as usize,
+                class,
+                "the pool it points into is not in use",
+            );
+        }
+        let size = class_size(class as usize);
+        let off = (block as usize).wrapping_sub(pool as usize + self.geo.pool_overhead);
+        if off >= next as usize - self.geo.pool_overhead
+            || !size_class::is_multiple_of_class(off, class as usize)
+        {
+            invalid_free(user, pool as usize, class, "not the start of a block");
+        }
+        if self.debug {
+            // SAFETY: a carved block of a pool that served `class`, of `size` bytes, in a mapped
+            // arena. (Checked before `refs`, so a double free is named as such.)
+            unsafe { debug::on_free(block, size, pool as usize) };
+        }
+        if refs == 0 {
+            invalid_free(
+                user,
+                pool as usize,
+                class,
+                "the pool it points into is not in use",
+            );
+        }
+        Some((pool, block))
+    }
+
     /// Allocates a block for `layout`; null when memory is exhausted.
     ///
     /// # Safety
@@ -187,24 +332,40 @@ impl Allocator {
     /// allowed (it is served by the allocator underneath).
     #[inline]
     pub unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { self.alloc_with(layout, ptr::null_mut()) }
+    }
+
+    /// # Safety
+    /// As [`alloc`](Self::alloc); `cache` null or the caller's own cache.
+    #[inline(always)]
+    unsafe fn alloc_with(&self, layout: Layout, cache: *mut Cache) -> *mut u8 {
+        if self.debug {
+            // SAFETY: forwarded contract.
+            return unsafe { self.debug_alloc(layout, cache) };
+        }
         if self.is_small(layout) {
-            let class = size_to_class(layout.size());
-            match &self.front {
-                Front::Gil(h) => h.lock().alloc(class, &self.map),
-                Front::Ft(h) => {
-                    let cx = h.ctx(&self.geo, &self.map);
-                    let c = h.local_cache();
-                    if c.is_null() {
-                        h.alloc_cacheless(class, &cx)
-                    } else {
-                        // SAFETY: the bound cache is used by this thread only.
-                        unsafe { (*c).alloc(class, &cx) }
-                    }
-                }
-            }
+            self.small_alloc(size_to_class(layout.size()), cache)
         } else {
             large::alloc(layout.size(), layout.align())
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    unsafe fn debug_alloc(&self, layout: Layout, cache: *mut Cache) -> *mut u8 {
+        let n = layout.size();
+        if layout.align() > ALIGNMENT || n + debug::OVERHEAD > self.geo.small_limit {
+            return large::alloc(n, layout.align());
+        }
+        let class = size_to_class(n + debug::OVERHEAD);
+        let inner = self.small_alloc(class, cache);
+        if inner.is_null() {
+            return inner;
+        }
+        let pool = self.geo.pool_of(inner as usize);
+        // SAFETY: a fresh block of class_size(class) >= n + OVERHEAD bytes.
+        unsafe { debug::on_alloc(inner, class_size(class), pool, n) }
     }
 
     /// Allocates a zeroed block for `layout`; null when memory is exhausted.
@@ -213,7 +374,7 @@ impl Allocator {
     /// As [`alloc`](Self::alloc).
     #[inline]
     pub unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if self.is_small(layout) {
+        if self.is_small(layout) || self.debug {
             // SAFETY: forwarded contract.
             let p = unsafe { self.alloc(layout) };
             if !p.is_null() {
@@ -227,24 +388,27 @@ impl Allocator {
     }
 
     /// Frees `ptr`, routed by the arena map: blocks of our pools go back to their pool, any
-    /// other pointer to the allocator underneath.
+    /// other pointer to the allocator underneath. A pointer inside our arenas that is not a
+    /// block start, or points into a pool not in use, aborts the process with a message naming
+    /// it (always on); debug mode checks more (see [`Config::with_debug`]).
     ///
     /// # Safety
     /// `ptr` must be live and come from this heap's `alloc` family (or, for a pointer outside our
     /// arenas, from the C library's allocator).
     #[inline]
     pub unsafe fn free(&self, ptr: *mut u8) {
-        if self.map.lookup(ptr as usize).is_some() {
-            let pool = self.geo.pool_of(ptr as usize) as *mut PoolHeader;
-            // SAFETY: the pool header of an address inside our arenas is initialised when the
-            // address is a live block, which the contract promises.
-            debug_assert!(unsafe { PoolHeader::is_block_start(pool, ptr as usize, &self.geo) });
-            match &self.front {
-                // SAFETY: the map says ptr is in one of our arenas; by contract it is a live block.
-                Front::Gil(h) => unsafe { h.lock().free(pool, ptr, &self.map) },
-                // SAFETY: as above.
-                Front::Ft(h) => unsafe { h.free(pool, ptr, &h.ctx(&self.geo, &self.map)) },
-            }
+        // SAFETY: forwarded contract.
+        unsafe { self.free_with(ptr, ptr::null_mut()) }
+    }
+
+    /// # Safety
+    /// As [`free`](Self::free); `cache` null or the caller's own cache.
+    #[inline(always)]
+    unsafe fn free_with(&self, ptr: *mut u8, cache: *mut Cache) {
+        // SAFETY: forwarded contract.
+        if let Some((pool, block)) = unsafe { self.checked_block(ptr) } {
+            // SAFETY: a checked live block of ours.
+            unsafe { self.small_free(pool, block, cache) }
         } else if !ptr.is_null() {
             // SAFETY: not ours, so by contract it belongs to the allocator underneath.
             unsafe { large::free(ptr) }
@@ -261,12 +425,17 @@ impl Allocator {
         unsafe { self.free(ptr) }
     }
 
-    /// Bytes usable at `ptr`: the block size for our blocks, the C library's figure otherwise.
+    /// Bytes usable at `ptr`: the block size for our blocks (the requested size in debug mode),
+    /// the C library's figure otherwise.
     ///
     /// # Safety
     /// `ptr` must be live and come from this heap (or the C library's allocator).
     pub unsafe fn usable_size(&self, ptr: *const u8) -> usize {
         if self.map.lookup(ptr as usize).is_some() {
+            if self.debug {
+                // SAFETY: a live debug block of ours.
+                return unsafe { debug::requested(debug::inner_of(ptr as *mut u8)) };
+            }
             let pool = self.geo.pool_of(ptr as usize) as *const PoolHeader;
             // SAFETY: ptr is a live block of ours, so its pool header is initialised and its
             // class does not change while the block is live.
@@ -282,7 +451,8 @@ impl Allocator {
     /// Resizes `ptr` to `new_size` bytes, following pymalloc: a block of ours stays in place
     /// while the new size fits it and is above 3/4 of it; otherwise a new block is allocated,
     /// the contents copied and the old block freed. Foreign pointers stay with the allocator
-    /// underneath. Returns null (leaving `ptr` untouched) when memory is exhausted.
+    /// underneath. Returns null (leaving `ptr` untouched) when memory is exhausted. In debug
+    /// mode a block of ours is checked and always moves.
     ///
     /// # Safety
     /// As [`GlobalAlloc::realloc`](core::alloc::GlobalAlloc::realloc) for this heap; in
@@ -293,10 +463,11 @@ impl Allocator {
         if self.map.lookup(ptr as usize).is_some() {
             // SAFETY: ptr is a live block of ours.
             let size = unsafe { self.usable_size(ptr) };
-            if new_size <= size && 4 * new_size > 3 * size {
+            if !self.debug && new_size <= size && 4 * new_size > 3 * size {
                 return ptr;
             }
-            // SAFETY: forwarded contract; the copy stays inside both blocks.
+            // SAFETY: forwarded contract; the copy stays inside both blocks (the free in
+            // move_to runs the debug checks).
             unsafe { self.move_to(ptr, new_layout, size.min(new_size)) }
         } else if layout.align() <= ALIGNMENT {
             // SAFETY: a live pointer of the allocator underneath, alignment it honours.
@@ -445,17 +616,8 @@ impl ThreadCache<'_> {
     /// As [`Allocator::alloc`].
     #[inline]
     pub unsafe fn alloc(&mut self, layout: Layout) -> *mut u8 {
-        let h = self.heap;
-        if h.is_small(layout) {
-            if let Front::Ft(ft) = &h.front {
-                // SAFETY: the slot is ours (acquired in thread_cache, used through &mut self).
-                return unsafe {
-                    (*self.cache).alloc(size_to_class(layout.size()), &ft.ctx(&h.geo, &h.map))
-                };
-            }
-        }
-        // SAFETY: forwarded contract.
-        unsafe { h.alloc(layout) }
+        // SAFETY: forwarded contract; the cache (null in GIL mode) is ours.
+        unsafe { self.heap.alloc_with(layout, self.cache) }
     }
 
     /// Frees `ptr` (any block of the heap, or a foreign pointer, as [`Allocator::free`]).
@@ -464,25 +626,8 @@ impl ThreadCache<'_> {
     /// As [`Allocator::free`].
     #[inline]
     pub unsafe fn free(&mut self, ptr: *mut u8) {
-        let h = self.heap;
-        if let Front::Ft(ft) = &h.front {
-            if h.map.lookup(ptr as usize).is_some() {
-                let pool = h.geo.pool_of(ptr as usize) as *mut PoolHeader;
-                let cx = ft.ctx(&h.geo, &h.map);
-                // SAFETY: ptr is a live block of ours (contract), so its pool is claimed; the
-                // slot is ours.
-                unsafe {
-                    if (*self.cache).owns(pool) {
-                        (*self.cache).free_local(pool, ptr, &cx);
-                    } else {
-                        thread_cache::remote_free(pool, ptr, self.cache, &cx);
-                    }
-                }
-                return;
-            }
-        }
-        // SAFETY: forwarded contract.
-        unsafe { h.free(ptr) }
+        // SAFETY: forwarded contract; the cache (null in GIL mode) is ours.
+        unsafe { self.heap.free_with(ptr, self.cache) }
     }
 
     /// Frees a block allocated with `layout` (as [`free`](Self::free)).

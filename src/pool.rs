@@ -197,7 +197,9 @@ impl PoolHeader {
             && p.nextoffset.load(Relaxed) as usize + class_size(p.class() as usize) > geo.pool_size
     }
 
-    /// True when `addr` is the start of a block already carved from `pool`.
+    /// True when `addr` is the start of a block already carved from `pool` (the allocator's
+    /// always-on check, `Allocator::checked_block`, does this without dividing).
+    #[cfg(test)]
     ///
     /// # Safety
     /// `pool` must be a prepared pool header the caller may read.

@@ -23,6 +23,27 @@ pub const fn class_size(class: usize) -> usize {
     (class + 1) << 4
 }
 
+/// `ceil(2^32 / class_size(c))` for each class: division by a class size as a multiply.
+const RECIPROCALS: [u64; NUM_CLASSES] = {
+    let mut r = [0u64; NUM_CLASSES];
+    let mut c = 0;
+    while c < NUM_CLASSES {
+        r[c] = (1u64 << 32).div_ceil(class_size(c) as u64);
+        c += 1;
+    }
+    r
+};
+
+/// True when `off` (below 2^16) is a multiple of the block size of `class`, without dividing:
+/// `floor(off * ceil(2^32 / s) / 2^32)` is `floor(off / s)` for such offsets, because the
+/// rounding error (below `off / 2^32 < 2^-16`) never reaches the gap to the next integer (at
+/// least `1 / s >= 2^-9`).
+#[inline(always)]
+pub(crate) fn is_multiple_of_class(off: usize, class: usize) -> bool {
+    let q = ((off as u64 & 0xffff) * RECIPROCALS[class]) >> 32;
+    off < 0x10000 && q * class_size(class) as u64 == off as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,5 +57,19 @@ mod tests {
             assert!(c == 0 || class_size(c - 1) < n);
         }
         assert_eq!(class_size(NUM_CLASSES - 1), 512);
+    }
+
+    #[test]
+    fn multiples_by_reciprocal_match_division() {
+        for c in 0..NUM_CLASSES {
+            for off in 0..0x10000 {
+                assert_eq!(
+                    is_multiple_of_class(off, c),
+                    off % class_size(c) == 0,
+                    "{off} {c}"
+                );
+            }
+            assert!(!is_multiple_of_class(0x10000, c));
+        }
     }
 }

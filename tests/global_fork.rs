@@ -113,3 +113,39 @@ fn thread_exit_gives_caches_back() {
     );
     assert_eq!(s.total(), s.mapped_bytes());
 }
+
+#[test]
+fn debug_mode_through_the_environment() {
+    if !is_child() {
+        for &mode in ftmalloc::Mode::NAMES {
+            let out = Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "debug_mode_through_the_environment",
+                    "--exact",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(ROLE, "child")
+                .env("FTMALLOC_MODE", mode)
+                .env("FTMALLOC_DEBUG", "1")
+                .output()
+                .unwrap();
+            use std::os::unix::process::ExitStatusExt;
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{mode}: {err}");
+            assert!(
+                err.contains("ftmalloc debug: double free at 0x"),
+                "{mode}: {err}"
+            );
+        }
+        return;
+    }
+    // Ordinary work runs in debug mode, then a double free through Box.
+    assert!(churn(3) > 0);
+    let p = Box::into_raw(Box::new([7u8; 24]));
+    // SAFETY: none, on purpose: the second drop is the double free debug mode must catch.
+    unsafe {
+        drop(Box::from_raw(p));
+        drop(Box::from_raw(p));
+    }
+}

@@ -1,0 +1,188 @@
+//! Every detection aborts with a message naming the pointer: each error is committed in a child
+//! process (this binary re-executed), which must die by SIGABRT with the expected message.
+//! Both modes; the debug-mode errors with `Config::with_debug(true)`, the always-on checks
+//! without it. (`tests/global_fork.rs` checks `FTMALLOC_DEBUG=1` with the global allocator.)
+
+use ftmalloc::{Allocator, Config, Mode};
+use std::alloc::Layout;
+use std::process::Command;
+
+const CASE: &str = "FTMALLOC_DETECT_CASE";
+
+fn lay(n: usize) -> Layout {
+    Layout::from_size_align(n, 8).unwrap()
+}
+
+/// Runs `case` in a child, in `mode`; returns its stderr after checking it died by SIGABRT.
+fn die_in_child(case: &str, mode: &str) -> String {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CASE, format!("{case}:{mode}"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGABRT),
+        "case {case} ({mode}) did not abort: {:?}\n{err}",
+        out.status
+    );
+    err
+}
+
+/// The child: commits the error named by the environment.
+#[test]
+fn child() {
+    let Ok(spec) = std::env::var(CASE) else {
+        return;
+    };
+    let (case, mode) = spec.split_once(':').unwrap();
+    let mode = Mode::from_name(mode).unwrap();
+    let debug = Allocator::with_config(mode, Config::PYMALLOC.with_debug(true)).unwrap();
+    let plain = Allocator::new(mode);
+    // SAFETY: none, on purpose: each case commits the error the allocator must catch.
+    unsafe {
+        match case {
+            "double-free" => {
+                let p = debug.alloc(lay(40));
+                debug.dealloc(p, lay(40));
+                debug.dealloc(p, lay(40));
+            }
+            "overrun" => {
+                let p = debug.alloc(lay(40));
+                *p.add(40) = 1;
+                debug.dealloc(p, lay(40));
+            }
+            "underrun" => {
+                let p = debug.alloc(lay(40));
+                *p.sub(1) = 1;
+                debug.dealloc(p, lay(40));
+            }
+            "realloc-overrun" => {
+                let p = debug.alloc(lay(24));
+                *p.add(30) = 7;
+                debug.realloc(p, lay(24), 100);
+            }
+            "use-after-free" => {
+                let p = debug.alloc(lay(64));
+                debug.dealloc(p, lay(64));
+                *p.add(10) = 42;
+                // The block comes back (LIFO) and its damaged 0xDD fill is seen.
+                let _ = debug.alloc(lay(64));
+            }
+            "interior-debug" => {
+                let p = debug.alloc(lay(64));
+                debug.free(p.add(16));
+            }
+            "interior" => {
+                let p = plain.alloc(lay(64));
+                plain.free(p.add(8));
+            }
+            "unused-pool" => {
+                let p = plain.alloc(lay(64));
+                // A pool of the same arena that was never handed out.
+                plain.free(p.add(5 * 16384));
+            }
+            other => panic!("unknown case {other}"),
+        }
+    }
+    // Reaching this point means nothing was detected: exit normally, which the parent reports.
+}
+
+#[test]
+fn debug_mode_detects_each_error_in_both_modes() {
+    let cases = [
+        ("double-free", "double free"),
+        ("overrun", "write past the end"),
+        ("underrun", "write before the start"),
+        ("realloc-overrun", "write past the end"),
+        ("use-after-free", "write to freed memory"),
+        ("interior-debug", "not the start of a block"),
+    ];
+    for &mode in Mode::NAMES {
+        for (case, message) in cases {
+            let err = die_in_child(case, mode);
+            assert!(
+                err.contains(message),
+                "{case} ({mode}): expected {message:?} in:\n{err}"
+            );
+            assert!(
+                err.contains("0x"),
+                "{case} ({mode}): the message names no pointer:\n{err}"
+            );
+            assert!(
+                err.contains("size class"),
+                "{case} ({mode}): no size class:\n{err}"
+            );
+            assert!(err.contains("pool 0x"), "{case} ({mode}): no pool:\n{err}");
+        }
+    }
+}
+
+#[test]
+fn always_on_checks_catch_invalid_frees() {
+    for &mode in Mode::NAMES {
+        let err = die_in_child("interior", mode);
+        assert!(
+            err.contains("invalid free of 0x") && err.contains("not the start of a block"),
+            "{err}"
+        );
+        let err = die_in_child("unused-pool", mode);
+        assert!(
+            err.contains("invalid free of 0x") && err.contains("not in use"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn debug_mode_raises_no_false_alarm() {
+    if std::env::var(CASE).is_ok() {
+        return;
+    }
+    for &name in Mode::NAMES {
+        let a = Allocator::with_config(
+            Mode::from_name(name).unwrap(),
+            Config::PYMALLOC.with_debug(true),
+        )
+        .unwrap();
+        std::thread::scope(|s| {
+            let (tx, rx) = std::sync::mpsc::channel::<Vec<usize>>();
+            let a = &a;
+            s.spawn(move || {
+                for batch in rx {
+                    for p in batch {
+                        // SAFETY: live blocks handed over, freed once.
+                        unsafe { a.free(p as *mut u8) };
+                    }
+                }
+            });
+            for t in 0..4 {
+                let tx = tx.clone();
+                s.spawn(move || {
+                    let mut keep = Vec::new();
+                    for i in 0..20_000usize {
+                        let n = 1 + (i * 31 + t) % 400;
+                        // SAFETY: freed below or by the receiver.
+                        let p = unsafe { a.alloc(lay(n)) };
+                        // SAFETY: n bytes are ours.
+                        unsafe { std::ptr::write_bytes(p, 0x11, n) };
+                        if i % 3 == 0 {
+                            keep.push(p as usize);
+                            if keep.len() == 64 {
+                                tx.send(std::mem::take(&mut keep)).unwrap();
+                            }
+                        } else {
+                            // SAFETY: live block.
+                            unsafe { a.free(p) };
+                        }
+                    }
+                    tx.send(keep).unwrap();
+                });
+            }
+            drop(tx);
+        });
+        assert_eq!(a.stats().blocks_in_use(), 0);
+    }
+}
