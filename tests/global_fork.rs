@@ -149,3 +149,47 @@ fn debug_mode_through_the_environment() {
         drop(Box::from_raw(p));
     }
 }
+
+#[test]
+fn ten_thousand_threads_in_waves_abandon_and_adopt() {
+    if !is_child() {
+        for &mode in ftmalloc::Mode::NAMES {
+            run_child("ten_thousand_threads_in_waves_abandon_and_adopt", mode);
+        }
+        return;
+    }
+    for wave in 0..50 {
+        let handed: Vec<Vec<Box<[u8]>>> = (0..200)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    (0..20)
+                        .map(|i| {
+                            vec![(t % 251) as u8; 1 + (wave * 7 + t * 13 + i * 29) % 512]
+                                .into_boxed_slice()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        // The owners have exited (their caches were abandoned): these frees land in abandoned
+        // or adopted pools.
+        for (t, blocks) in handed.into_iter().enumerate() {
+            for b in blocks {
+                assert!(b.iter().all(|&x| x == (t % 251) as u8));
+            }
+        }
+    }
+    let s = ftmalloc::FtMalloc::stats();
+    assert!(
+        s.thread_caches <= 2,
+        "caches of exited threads were kept:\n{s}"
+    );
+    assert!(
+        s.counters.highwater <= 64,
+        "memory grew with the number of threads:\n{s}"
+    );
+    assert_eq!(s.total(), s.mapped_bytes());
+}
