@@ -38,6 +38,12 @@
 //! compare-exchange loops; the only removal takes the whole stack with one `swap`, so there is
 //! no pop and no ABA. A pool is on at most one stack at a time: it is pushed only by the
 //! thread that holds it without an owner (see `thread_cache`), and taken only by swapping.
+//!
+//! # Layout and contention
+//! Each descriptor and each stack head sits in its own `CachePadded` slot, so threads working
+//! on different arenas or classes never contend on one cache line; a failed compare-exchange
+//! retries after `Backoff::spin` (bounded exponential spinning; no yield, no sleep, so every
+//! path stays lock-free).
 
 use crate::arena_map::ArenaMap;
 use crate::config::Geometry;
@@ -47,6 +53,7 @@ use crate::size_class::NUM_CLASSES;
 use crate::stats::ArenaCounters;
 use crate::sync::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use core::ptr;
+use crossbeam_utils::{Backoff, CachePadded};
 
 const VACANT: usize = 0;
 const RESERVED: usize = 1;
@@ -81,7 +88,9 @@ impl ArenaDesc {
 pub(crate) struct Central {
     geo: Geometry,
     all: u64,
-    descs: *mut ArenaDesc,
+    /// One descriptor per cache line pair (`CachePadded`): claimers and returners of pools in
+    /// different arenas CAS different words, and must not contend on one line.
+    descs: *mut CachePadded<ArenaDesc>,
     /// Slots ever used: claimers scan `0..hwm`.
     hwm: AtomicUsize,
     /// Arenas mapped now (kept >= 1 once the first arena exists).
@@ -90,7 +99,7 @@ pub(crate) struct Central {
     reclaimed: AtomicUsize,
     highwater: AtomicUsize,
     /// Abandoned pools with free blocks, one stack per class.
-    abandoned: [AtomicPtr<PoolHeader>; NUM_CLASSES],
+    abandoned: [CachePadded<AtomicPtr<PoolHeader>>; NUM_CLASSES],
 }
 
 // SAFETY: `descs` points to a table owned by this value; all shared state is atomic, and pool
@@ -100,12 +109,13 @@ unsafe impl Send for Central {}
 unsafe impl Sync for Central {}
 
 fn table_bytes() -> usize {
-    (MAX_ARENAS * core::mem::size_of::<ArenaDesc>()).next_multiple_of(crate::config::page_size())
+    (MAX_ARENAS * core::mem::size_of::<CachePadded<ArenaDesc>>())
+        .next_multiple_of(crate::config::page_size())
 }
 
 impl Central {
     pub(crate) fn new(geo: Geometry) -> Option<Central> {
-        let descs = os::map(table_bytes()).cast::<ArenaDesc>();
+        let descs = os::map(table_bytes()).cast::<CachePadded<ArenaDesc>>();
         if descs.is_null() {
             return None;
         }
@@ -114,7 +124,7 @@ impl Central {
         #[cfg(loom)]
         for i in 0..MAX_ARENAS {
             // SAFETY: i < MAX_ARENAS, inside the fresh mapping.
-            unsafe { ptr::write(descs.add(i), ArenaDesc::new()) };
+            unsafe { ptr::write(descs.add(i), CachePadded::new(ArenaDesc::new())) };
         }
         let all = if geo.pools_per_arena == 64 {
             u64::MAX
@@ -130,7 +140,7 @@ impl Central {
             allocated_total: AtomicUsize::new(0),
             reclaimed: AtomicUsize::new(0),
             highwater: AtomicUsize::new(0),
-            abandoned: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+            abandoned: core::array::from_fn(|_| CachePadded::new(AtomicPtr::new(ptr::null_mut()))),
         })
     }
 
@@ -149,6 +159,7 @@ impl Central {
         for i in 0..hwm {
             let d = self.desc(i);
             let mut m = d.free.load(Ordering::Relaxed);
+            let backoff = Backoff::new();
             while m != 0 {
                 let bit = m.trailing_zeros();
                 match d.free.compare_exchange_weak(
@@ -159,7 +170,10 @@ impl Central {
                 ) {
                     // SAFETY: we won pool `bit` of arena `i` (protocol step 1).
                     Ok(_) => return unsafe { self.take_claimed(i, bit) },
-                    Err(now) => m = now,
+                    Err(now) => {
+                        m = now;
+                        backoff.spin();
+                    }
                 }
             }
         }
@@ -284,11 +298,15 @@ impl Central {
         // SAFETY: the caller holds the pool, so its link is ours to write until the push lands.
         let link = unsafe { &(*pool).shared.next_abandoned };
         let mut h = head.load(Ordering::Relaxed);
+        let backoff = Backoff::new();
         loop {
             link.store(h, Ordering::Relaxed);
             match head.compare_exchange_weak(h, pool, Ordering::Release, Ordering::Relaxed) {
                 Ok(_) => return,
-                Err(now) => h = now,
+                Err(now) => {
+                    h = now;
+                    backoff.spin();
+                }
             }
         }
     }

@@ -34,6 +34,7 @@
 #![warn(missing_docs)]
 
 mod arena_map;
+mod asan;
 mod central;
 mod config;
 mod debug;
@@ -219,6 +220,15 @@ impl Allocator {
     /// of this heap when null) or, in GIL mode, from the locked heap.
     #[inline(always)]
     fn small_alloc(&self, class: usize, cache: *mut Cache) -> *mut u8 {
+        let p = self.small_alloc_raw(class, cache);
+        if cfg!(feature = "asan") && !self.debug && !p.is_null() {
+            asan::unpoison(p, class_size(class));
+        }
+        p
+    }
+
+    #[inline(always)]
+    fn small_alloc_raw(&self, class: usize, cache: *mut Cache) -> *mut u8 {
         match &self.front {
             Front::Gil(h) => h.lock().alloc(class, &self.map),
             Front::Ft(h) => {
@@ -244,6 +254,11 @@ impl Allocator {
     /// `block` must be a live block of `pool`; `cache` null or the caller's own cache.
     #[inline(always)]
     unsafe fn small_free(&self, pool: *mut PoolHeader, block: *mut u8, cache: *mut Cache) {
+        if cfg!(feature = "asan") && !self.debug {
+            // SAFETY: a checked block of `pool`, whose header is readable (atomic field).
+            let size = class_size(unsafe { (*pool).class() } as usize);
+            asan::poison_freed(block, size);
+        }
         match &self.front {
             // SAFETY: per the contract.
             Front::Gil(h) => unsafe { h.lock().free(pool, block, &self.map) },

@@ -1,7 +1,7 @@
-//! The OS layer: aligned anonymous mappings, unmapping and page release.
+//! The OS layer: aligned anonymous mappings and unmapping.
 //!
 //! Nothing here allocates through an allocator; every function is a thin wrapper over
-//! `mmap`/`munmap`/`madvise`, so the allocator can call it while holding its own state.
+//! `mmap`/`munmap`, so the allocator can call it while holding its own state.
 
 use core::ptr;
 
@@ -61,6 +61,8 @@ pub(crate) fn map(size: usize) -> *mut u8 {
 /// # Safety
 /// The range must have been mapped by [`map`] or [`map_aligned`] and nothing may touch it afterwards.
 pub(crate) unsafe fn unmap(ptr: *mut u8, size: usize) {
+    // Stale poison must not outlive the mapping (see `asan`).
+    crate::asan::unpoison(ptr, size);
     // SAFETY: the caller guarantees the range is ours and dead.
     let rc = unsafe { libc::munmap(ptr.cast(), size) };
     debug_assert_eq!(rc, 0, "munmap failed");

@@ -24,8 +24,10 @@
 //! 2. **Remote free** (the freeing thread is not the owner): write the block's link, then
 //!    compare-exchange the remote word to (block, count + 1, no flags) with release. If the old
 //!    word had `DETACHED`, this thread cleared it and so *received* the pool (acquire fence):
-//!    it pushes it onto the abandoned stack of its class. Exactly one remote free clears
-//!    `DETACHED` per detachment, so a full pool becomes reachable again exactly once.
+//!    if it has a cache of this heap it takes the pool over (stores its own token in `owner`,
+//!    collects, and keeps it on its `partial` list), otherwise it pushes it onto the abandoned
+//!    stack of its class. Exactly one remote free clears `DETACHED` per detachment, so a full
+//!    pool becomes reachable again exactly once, by exactly one thread.
 //! 3. **Collection**: the owner takes the whole remote list with one `swap(0)` (acquire), splices
 //!    it into its local list and subtracts its count from `ref_count`. A swap-all list has no
 //!    ABA. Blocks on the remote list are still counted in `ref_count`, so
@@ -52,6 +54,7 @@ use crate::pool::{Block, PoolHeader};
 use crate::size_class::NUM_CLASSES;
 use crate::sync::{fence, AtomicUsize, Ordering};
 use core::ptr;
+use crossbeam_utils::Backoff;
 
 /// Flag in the remote word: the pool was detached full; the next remote free must publish it.
 pub(crate) const DETACHED: usize = 1;
@@ -367,13 +370,19 @@ pub(crate) unsafe fn remote_free(
     let remote = unsafe { &(*pool).shared.remote };
     let b = block.cast::<Block>();
     let mut h = remote.load(Ordering::Relaxed);
+    // Many threads freeing into one pool (producer/consumer) contend here: back off between
+    // failed attempts (exponential spinning, never a yield or a sleep).
+    let backoff = Backoff::new();
     loop {
         // SAFETY: we own the block until the compare-exchange publishes it.
         unsafe { (*b).next = (h & PTR_MASK) as *mut Block };
         let new = b as usize | (((h >> COUNT_SHIFT) + 1) << COUNT_SHIFT);
         match remote.compare_exchange_weak(h, new, Ordering::Release, Ordering::Relaxed) {
             Ok(_) => break,
-            Err(now) => h = now,
+            Err(now) => {
+                h = now;
+                backoff.spin();
+            }
         }
     }
     if h & DETACHED != 0 {

@@ -142,11 +142,13 @@ fn debug_mode_through_the_environment() {
     }
     // Ordinary work runs in debug mode, then a double free through Box.
     assert!(churn(3) > 0);
-    let p = Box::into_raw(Box::new([7u8; 24]));
+    // black_box: the block escapes, so the optimizer may not elide the allocation and its frees
+    // (it did, at opt-level 1 with an instrumented std: no free reached the allocator).
+    let p = std::hint::black_box(Box::into_raw(Box::new([7u8; 24])));
     // SAFETY: none, on purpose: the second drop is the double free debug mode must catch.
     unsafe {
         drop(Box::from_raw(p));
-        drop(Box::from_raw(p));
+        drop(Box::from_raw(std::hint::black_box(p)));
     }
 }
 

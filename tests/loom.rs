@@ -76,6 +76,11 @@ fn drain(a: &Allocator, live: Vec<usize>, l: Layout) {
     }
     drop(tc);
     check(a, &[]);
+    let arenas = a.stats().counters.current;
+    assert!(
+        arenas <= 1,
+        "{arenas} arenas still mapped with nothing in use"
+    );
 }
 
 /// (a) Remote frees race with the owner collecting its remote list.

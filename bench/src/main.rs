@@ -36,7 +36,7 @@ const CELL: &str = "__cell";
 ///
 /// Each (workload, allocator, threads) cell runs in its own child process, so its peak and
 /// retained RSS are its own. Prints a table (or CSV with --csv) and writes a report folder:
-/// results.csv, report.md and one SVG plot per workload.
+/// results.csv, table.txt (the table as printed), report.md and one SVG plot per workload.
 #[derive(Parser, Debug)]
 #[command(name = "ftmalloc-bench", version, about, long_about = None)]
 struct Cli {
@@ -66,7 +66,7 @@ struct Cli {
           value_parser = parse_repeat)]
     repeat: u32,
 
-    /// Report folder (results.csv, report.md, <workload>.svg)
+    /// Report folder (results.csv, table.txt, report.md, <workload>.svg)
     #[arg(long, value_name = "DIR", default_value = "target/ftmalloc-report")]
     out: PathBuf,
 
@@ -444,7 +444,7 @@ mod parent {
         }
         match write_report(cli, plan, &rows, wall) {
             Ok(()) => eprintln!(
-                "report: {} (results.csv, report.md, {} plots); suite took {:.1} s",
+                "report: {} (results.csv, table.txt, report.md, {} plots); suite took {:.1} s",
                 cli.out.display(),
                 plan.workloads.len(),
                 wall.as_secs_f64()
@@ -582,6 +582,10 @@ mod parent {
     ) -> Result<(), Box<dyn std::error::Error>> {
         std::fs::create_dir_all(&cli.out)?;
         std::fs::write(cli.out.join("results.csv"), report::csv(rows))?;
+        std::fs::write(
+            cli.out.join("table.txt"),
+            report::table(rows, &plan.workloads),
+        )?;
         let budget = match plan.budget {
             Budget::Ops(n) => format!("{n} operations per thread"),
             Budget::Time(d) => format!("{} s per cell", d.as_secs_f64()),

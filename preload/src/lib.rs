@@ -155,9 +155,12 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
     let h = heap();
     // SAFETY: p is live (contract), so its usable size is readable and at least what was asked.
     let old = unsafe { h.usable_size(p.cast()) };
-    let (Ok(layout), true) = (
+    // The new size, rounded up to the alignment, must not exceed isize::MAX
+    // (`Allocator::realloc`'s contract, as `GlobalAlloc::realloc`'s): `size <= isize::MAX`
+    // alone lets isize::MAX - 14 ..= isize::MAX through (found by fuzz/ c_abi).
+    let (Ok(layout), Ok(_)) = (
         Layout::from_size_align(old, MIN_ALIGN),
-        size <= isize::MAX as usize,
+        Layout::from_size_align(size, MIN_ALIGN),
     ) else {
         set_errno(libc::ENOMEM);
         return ptr::null_mut();

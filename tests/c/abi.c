@@ -72,6 +72,12 @@ int main(void) {
     errno = 0;
     CHECK(reallocarray(ra, SIZE_MAX / 2, 4) == NULL && errno == ENOMEM);
     CHECK(strcmp(ra, "kept") == 0);
+    /* realloc to a size whose 16-byte rounding passes PTRDIFF_MAX: NULL, ENOMEM, block kept. */
+    for (size_t n = (size_t)PTRDIFF_MAX - 15; n != (size_t)PTRDIFF_MAX + 1; n++) {
+        errno = 0;
+        CHECK(realloc(ra, n) == NULL && errno == ENOMEM);
+    }
+    CHECK(strcmp(ra, "kept") == 0);
     ra = reallocarray(ra, 8, 8);
     CHECK(ra && strcmp(ra, "kept") == 0);
     free(ra);

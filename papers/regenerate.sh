@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Regenerates every table and figure that papers/ftmalloc.md cites, into papers/results/
+# (or the folder given as the first argument). Run it on a quiet machine: it measures.
+#
+#   papers/regenerate.sh                  # everything, about 15 minutes on 2 cores
+#   papers/regenerate.sh /tmp/fresh       # elsewhere, to compare with the committed run
+#
+# What makes what:
+#   report.md, table.txt, results.csv, *.svg   cargo run --release -- --out DIR
+#   criterion-pairs.txt                        cargo bench --bench fastpath -- pair
+#   cpython.md                                 python3 bench/pytrace/cpython_bench.py --markdown
+#                                              (needs python3 and libftmalloc.so)
+#   loom.txt                                   .ci/loom
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+OUT="${1:-papers/results}"
+mkdir -p "$OUT"
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+command -v python3 >/dev/null || { echo "regenerate: python3 is needed for cpython.md" >&2; exit 1; }
+
+step "harness: cargo run --release -- --out $OUT"
+cargo run --release -- --out "$OUT"
+
+step "criterion fast path: cargo bench --bench fastpath -- pair > $OUT/criterion-pairs.txt"
+cargo bench --bench fastpath -- pair > "$OUT/criterion-pairs.txt" 2>&1
+
+step "CPython: python3 bench/pytrace/cpython_bench.py --markdown > $OUT/cpython.md"
+cargo build --release -p ftmalloc-preload
+python3 bench/pytrace/cpython_bench.py --markdown > "$OUT/cpython.md"
+
+step "loom: .ci/loom > $OUT/loom.txt"
+.ci/loom > "$OUT/loom.txt" 2>&1
+
+step "done: $OUT (date: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs)"
