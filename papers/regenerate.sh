@@ -2,11 +2,15 @@
 # Regenerates every table and figure that papers/ftmalloc.md cites, into papers/results/
 # (or the folder given as the first argument). Run it on a quiet machine: it measures.
 #
-#   papers/regenerate.sh                  # everything, about 15 minutes on 2 cores
+#   papers/regenerate.sh                  # everything, about 10 minutes on 2 cores
 #   papers/regenerate.sh /tmp/fresh       # elsewhere, to compare with the committed run
 #
 # What makes what:
 #   report.md, table.txt, results.csv, *.svg   cargo run --release -- --out DIR
+#   harness-stdout.txt                         its standard output: the table, then each mode's
+#                                              heap statistics (sys._debugmallocstats() style)
+#   results-rerun.csv, noise.txt               a second harness run right after the first, and
+#                                              python3 papers/noise.py comparing the two
 #   criterion-pairs.txt                        cargo bench --bench fastpath -- pair
 #   cpython.md                                 python3 bench/pytrace/cpython_bench.py --markdown
 #                                              (needs python3 and libftmalloc.so)
@@ -21,7 +25,14 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 command -v python3 >/dev/null || { echo "regenerate: python3 is needed for cpython.md" >&2; exit 1; }
 
 step "harness: cargo run --release -- --out $OUT"
-cargo run --release -- --out "$OUT"
+cargo run --release -- --out "$OUT" | tee "$OUT/harness-stdout.txt"
+
+step "noise: a second harness run, compared cell by cell (papers/noise.py)"
+RERUN=$(mktemp -d)
+cargo run --release -- --out "$RERUN" > /dev/null
+cp "$RERUN/results.csv" "$OUT/results-rerun.csv"
+rm -rf "$RERUN"
+python3 papers/noise.py "$OUT/results.csv" "$OUT/results-rerun.csv" | tee "$OUT/noise.txt"
 
 step "criterion fast path: cargo bench --bench fastpath -- pair > $OUT/criterion-pairs.txt"
 cargo bench --bench fastpath -- pair > "$OUT/criterion-pairs.txt" 2>&1

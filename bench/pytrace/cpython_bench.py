@@ -32,8 +32,11 @@ def ensure_debian_libs():
     missing = [pkg for pkg, path in DEB_LIBS.values() if not os.path.exists(path)]
     if missing:
         print("installing", " ".join(missing), file=sys.stderr)
-        subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True)
+        # apt's progress goes to stderr: stdout is the report (--markdown > cpython.md).
+        subprocess.run(["apt-get", "update", "-qq"], check=True, stdout=sys.stderr)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", *missing], check=True, stdout=sys.stderr
+        )
 
 
 def allocators():

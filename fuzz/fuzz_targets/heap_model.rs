@@ -85,6 +85,13 @@ struct Block {
     small: bool,
 }
 
+/// The helper thread: requests in, answers out, its handle.
+type Helper<'scope> = (
+    mpsc::Sender<Req>,
+    mpsc::Receiver<usize>,
+    std::thread::ScopedJoinHandle<'scope, ()>,
+);
+
 /// Requests to the helper thread; each is answered before the next opcode runs.
 enum Req {
     /// Allocate (the helper's own bound cache of the heap) and fill with the pattern of `id`.
@@ -232,12 +239,12 @@ fn run(data: &[u8]) {
         };
         let mut handle: Option<ThreadCache<'_>> = None;
         // The helper thread, started by the first cross-thread opcode.
-        let mut helper: Option<(mpsc::Sender<Req>, mpsc::Receiver<usize>)> = None;
+        let mut helper: Option<Helper<'_>> = None;
         let mut ask = |req: Req| -> usize {
-            let (tx, rx) = helper.get_or_insert_with(|| {
+            let (tx, rx, _) = helper.get_or_insert_with(|| {
                 let (tx, req_rx) = mpsc::channel::<Req>();
                 let (ans_tx, rx) = mpsc::channel::<usize>();
-                s.spawn(move || {
+                let handle = s.spawn(move || {
                     for req in req_rx {
                         let ans = match req {
                             Req::Alloc(layout, id) => {
@@ -258,7 +265,7 @@ fn run(data: &[u8]) {
                         ans_tx.send(ans).unwrap();
                     }
                 });
-                (tx, rx)
+                (tx, rx, handle)
             });
             tx.send(req).unwrap();
             rx.recv().unwrap()
@@ -396,9 +403,15 @@ fn run(data: &[u8]) {
             unsafe { heap.dealloc(b.ptr as *mut u8, b.layout) };
         }
         drop(handle);
+        // Dropping the sender ends the helper. Join it explicitly (pthread_join): a scope's
+        // implicit join returns before the thread's thread-locals are destroyed, and libFuzzer's
+        // leak check would then see std's channel context of the helper as leaked.
+        if let Some((tx, rx, h)) = helper.take() {
+            drop((tx, rx));
+            h.join().unwrap();
+        }
         heap.trim();
         m.check_stats("everything freed");
-        // Dropping the sender ends the helper; the scope joins it.
     });
 }
 
