@@ -3,6 +3,8 @@
 //! Both modes; the debug-mode errors with `Config::with_debug(true)`, the always-on checks
 //! without it. (`tests/global_fork.rs` checks `FTMALLOC_DEBUG=1` with the global allocator.)
 
+mod common;
+
 use ftmalloc::{Allocator, Config, Mode};
 use std::alloc::Layout;
 use std::process::Command;
@@ -160,26 +162,7 @@ fn debug_mode_raises_no_false_alarm() {
             });
             for t in 0..4 {
                 let tx = tx.clone();
-                s.spawn(move || {
-                    let mut keep = Vec::new();
-                    for i in 0..20_000usize {
-                        let n = 1 + (i * 31 + t) % 400;
-                        // SAFETY: freed below or by the receiver.
-                        let p = unsafe { a.alloc(lay(n)) };
-                        // SAFETY: n bytes are ours.
-                        unsafe { std::ptr::write_bytes(p, 0x11, n) };
-                        if i % 3 == 0 {
-                            keep.push(p as usize);
-                            if keep.len() == 64 {
-                                tx.send(std::mem::take(&mut keep)).unwrap();
-                            }
-                        } else {
-                            // SAFETY: live block.
-                            unsafe { a.free(p) };
-                        }
-                    }
-                    tx.send(keep).unwrap();
-                });
+                s.spawn(move || common::produce_and_hand_over(a, t, 20_000, tx));
             }
             drop(tx);
         });

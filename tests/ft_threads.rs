@@ -8,6 +8,8 @@
 //! fill patterns written on one thread and checked on another). Threads are joined with
 //! `JoinHandle::join` (`pthread_join`, which TSan sees) rather than scopes.
 
+mod common;
+
 use ftmalloc::{Allocator, Config, Mode};
 use std::alloc::Layout;
 use std::sync::{mpsc, Arc};
@@ -120,27 +122,7 @@ fn ft_debug_mode_cross_thread_frees() {
     let producers: Vec<_> = (0..3)
         .map(|t| {
             let (a, tx) = (Arc::clone(&a), tx.clone());
-            std::thread::spawn(move || {
-                let mut keep = Vec::new();
-                for i in 0..5_000usize {
-                    let n = 1 + (i * 31 + t) % 400;
-                    // SAFETY: freed below or by the freer.
-                    let p = unsafe { a.alloc(lay(n)) };
-                    assert!(!p.is_null());
-                    // SAFETY: n bytes are ours.
-                    unsafe { std::ptr::write_bytes(p, 0x11, n) };
-                    if i % 3 == 0 {
-                        keep.push(p as usize);
-                        if keep.len() == 64 {
-                            tx.send(std::mem::take(&mut keep)).unwrap();
-                        }
-                    } else {
-                        // SAFETY: a live block.
-                        unsafe { a.free(p) };
-                    }
-                }
-                tx.send(keep).unwrap();
-            })
+            std::thread::spawn(move || common::produce_and_hand_over(&a, t, 5_000, tx))
         })
         .collect();
     drop(tx);

@@ -36,24 +36,11 @@ fn rounding_overflows(n: usize) -> bool {
     n <= isize::MAX as usize && n > isize::MAX as usize - (MIN_ALIGN - 1)
 }
 
-struct Input<'a>(&'a [u8]);
+#[path = "../common/input.rs"]
+mod input;
+use input::Input;
 
 impl Input<'_> {
-    fn done(&self) -> bool {
-        self.0.is_empty()
-    }
-    fn u8(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((&b, rest)) => {
-                self.0 = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.u8(), self.u8()])
-    }
     /// A size: mostly small, sometimes 0, above 512, up to 1 MiB, or impossibly large.
     fn size(&mut self) -> usize {
         let sel = self.u8();

@@ -24,25 +24,11 @@ use std::sync::mpsc;
 /// Most blocks live at once (keeps an input's memory and time bounded).
 const MAX_LIVE: usize = 2048;
 
-/// The bytes of the input, read front to back; zeros once exhausted.
-struct Input<'a>(&'a [u8]);
+#[path = "../common/input.rs"]
+mod input;
+use input::Input;
 
 impl Input<'_> {
-    fn done(&self) -> bool {
-        self.0.is_empty()
-    }
-    fn u8(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((&b, rest)) => {
-                self.0 = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.u8(), self.u8()])
-    }
     /// A request size: mostly small (1..=512), sometimes 0, sometimes above the small limit.
     fn size(&mut self) -> usize {
         let sel = self.u8();
