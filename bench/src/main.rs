@@ -66,7 +66,7 @@ struct Cli {
           value_parser = parse_repeat)]
     repeat: u32,
 
-    /// Report folder (results.csv, table.txt, report.md, <workload>.svg)
+    /// Report folder (results.csv, table.txt, report.md, `<workload>.svg`)
     #[arg(long, value_name = "DIR", default_value = "target/ftmalloc-report")]
     out: PathBuf,
 
