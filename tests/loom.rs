@@ -187,6 +187,69 @@ fn remote_free_into_full_pool_vs_owner_allocating() {
     );
 }
 
+/// (f) As (b), but the remote freer has a cache of its own: when its free clears `DETACHED` it
+/// receives the pool and takes it over into that cache instead of publishing it.
+#[test]
+fn remote_free_with_a_cache_into_full_pool_vs_owner_allocating() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // Both outcomes must be explored, or the model proves nothing.
+    static COLLECTED: AtomicUsize = AtomicUsize::new(0);
+    static TAKEN_OVER: AtomicUsize = AtomicUsize::new(0);
+    model(
+        "f: remote free with a cache into a full pool vs owner allocating",
+        || {
+            let (a, l) = tiny_heap();
+            let mut owner = a.thread_cache().unwrap();
+            // SAFETY: blocks are live until freed once.
+            let blocks: Vec<usize> = (0..4).map(|_| unsafe { owner.alloc(l) } as usize).collect();
+            let freed = blocks[2];
+            // SAFETY: `a` outlives the handle: it is joined back and dropped below.
+            let mut freer = unsafe { detached_handle(&a) };
+            let t = thread::spawn(move || {
+                // SAFETY: freed once, through a cache that does not own the pool.
+                unsafe { freer.free(freed as *mut u8) };
+                freer
+            });
+            // SAFETY: fresh block.
+            let extra = unsafe { owner.alloc(l) } as usize;
+            let mut freer = t.join().unwrap();
+            let mut live = vec![blocks[0], blocks[1], blocks[3], extra];
+            check(&a, &live);
+            // Nothing is published: the pool went back to its owner or over to the freer.
+            assert_eq!(a.stats().abandoned_pools, 0);
+            if extra == freed {
+                COLLECTED.fetch_add(1, Ordering::Relaxed);
+                assert_eq!(freer.pools(), 0, "the freer took a pool it did not receive");
+            } else {
+                TAKEN_OVER.fetch_add(1, Ordering::Relaxed);
+                // The freer received the detached pool: it owns it and gets the block back.
+                assert_eq!(
+                    freer.pools(),
+                    1,
+                    "the received pool is lost:\n{}",
+                    a.stats()
+                );
+                // SAFETY: fresh block.
+                let p = unsafe { freer.alloc(l) } as usize;
+                assert_eq!(p, freed);
+                live.push(p);
+            }
+            check(&a, &live);
+            drop(freer);
+            drop(owner);
+            drain(&a, live, l);
+        },
+    );
+    assert!(
+        COLLECTED.load(Ordering::Relaxed) > 0,
+        "no interleaving collected the block"
+    );
+    assert!(
+        TAKEN_OVER.load(Ordering::Relaxed) > 0,
+        "no interleaving handed the pool to the freer"
+    );
+}
+
 /// (c) Two threads claim pools while the arena they would claim from is being released.
 #[test]
 fn pool_claims_vs_arena_release() {
