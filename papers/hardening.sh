@@ -17,26 +17,28 @@ OUT="${1:-papers/results}"
 mkdir -p "$OUT"
 LOG=$(mktemp)
 trap 'rm -f "$LOG"' EXIT
-keep() { grep -E "$1" "$LOG" || true; }
+# run SUMMARY HEADER PATTERN COMMAND...: runs the command, writes HEADER, its exit status and
+# the log lines matching PATTERN to SUMMARY, shows them, and fails if the command failed.
+run() {
+    local summary=$1 header=$2 pattern=$3 status=0
+    shift 3
+    "$@" > "$LOG" 2>&1 || status=$?
+    {
+        echo "# $header, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, exit status $status"
+        grep -E "$pattern" "$LOG" || true
+    } > "$summary"
+    cat "$summary"
+    [ "$status" -eq 0 ] || { echo "hardening: $* failed (exit $status)" >&2; exit 1; }
+}
 
 rm -rf target/asan target/tsan
-status=0
-.ci/sanitize > "$LOG" 2>&1 || status=$?
-{
-    echo "# .ci/sanitize from cold target dirs, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs"
-    echo "# $(rustc +nightly --version), exit status $status"
-    keep '^(sanitize:|==> |skipped:|     Running |test result:|test .* FAILED)'
-} > "$OUT/sanitize.txt"
-cat "$OUT/sanitize.txt"
-[ "$status" -eq 0 ] || { echo "hardening: .ci/sanitize failed (exit $status)" >&2; exit 1; }
+run "$OUT/sanitize.txt" \
+    ".ci/sanitize from cold target dirs, $(rustc +nightly --version)" \
+    '^(sanitize:|==> |skipped:|     Running |test result:|test .* FAILED)' \
+    .ci/sanitize
 
 export FTMALLOC_FUZZ_SECONDS="${FTMALLOC_FUZZ_SECONDS:-300}"
-status=0
-.ci/fuzz > "$LOG" 2>&1 || status=$?
-{
-    echo "# FTMALLOC_FUZZ_SECONDS=$FTMALLOC_FUZZ_SECONDS .ci/fuzz, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs"
-    echo "# exit status $status"
-    keep '^(==> |fuzz:|INFO: seed corpus|#[0-9]+[[:space:]]+(INITED|DONE)|Done [0-9]+ runs|stat::)'
-} > "$OUT/fuzz.txt"
-cat "$OUT/fuzz.txt"
-[ "$status" -eq 0 ] || { echo "hardening: .ci/fuzz failed (exit $status)" >&2; exit 1; }
+run "$OUT/fuzz.txt" \
+    "FTMALLOC_FUZZ_SECONDS=$FTMALLOC_FUZZ_SECONDS .ci/fuzz" \
+    '^(==> |fuzz:|INFO: seed corpus|#[0-9]+[[:space:]]+(INITED|DONE)|Done [0-9]+ runs|stat::)' \
+    .ci/fuzz

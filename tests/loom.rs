@@ -128,6 +128,12 @@ fn remote_free_vs_owner_collecting() {
     });
 }
 
+/// Allocates the 4 blocks of one pool through `owner`, leaving that pool full.
+fn fill_one_pool(owner: &mut ThreadCache<'_>, l: Layout) -> Vec<usize> {
+    // SAFETY: blocks are live until freed once.
+    (0..4).map(|_| unsafe { owner.alloc(l) } as usize).collect()
+}
+
 /// (b) A remote free into a full pool races with its owner allocating (and detaching it).
 #[test]
 fn remote_free_into_full_pool_vs_owner_allocating() {
@@ -140,8 +146,7 @@ fn remote_free_into_full_pool_vs_owner_allocating() {
         || {
             let (a, l) = tiny_heap();
             let mut owner = a.thread_cache().unwrap();
-            // SAFETY: blocks are live until freed once.
-            let blocks: Vec<usize> = (0..4).map(|_| unsafe { owner.alloc(l) } as usize).collect();
+            let blocks = fill_one_pool(&mut owner, l);
             let freed = blocks[2];
             let a2 = a.clone();
             let t = thread::spawn(move || {
@@ -200,8 +205,7 @@ fn remote_free_with_a_cache_into_full_pool_vs_owner_allocating() {
         || {
             let (a, l) = tiny_heap();
             let mut owner = a.thread_cache().unwrap();
-            // SAFETY: blocks are live until freed once.
-            let blocks: Vec<usize> = (0..4).map(|_| unsafe { owner.alloc(l) } as usize).collect();
+            let blocks = fill_one_pool(&mut owner, l);
             let freed = blocks[2];
             // SAFETY: `a` outlives the handle: it is joined back and dropped below.
             let mut freer = unsafe { detached_handle(&a) };
