@@ -10,7 +10,9 @@
 //!   arena for it) or `DYING` (a thread is releasing it);
 //! - `inited`: one bit per pool whose header has been written once (lazy header init; the
 //!   `szidx` shortcut needs the old header);
-//! - `pins`: readers (statistics) that may read pool headers of this arena.
+//! - `pins`: readers (statistics) that may read pool headers of this arena;
+//! - `dirty` and `aged`: pools returned to the arena whose pages are still resident: `dirty`
+//!   since the last maintenance pass, `aged` since the one before (see *Purge*).
 //!
 //! Protocol and invariants:
 //! 1. **Claim** = compare-exchange clearing one set bit of `free` (acquire). Only the winner of
@@ -31,6 +33,22 @@
 //! 5. **New arena**: a slot moves `VACANT -> RESERVED` by compare-exchange, so one thread maps
 //!    into it; it registers the arena in the arena map, stores `base`, then publishes
 //!    `free = ALL` minus the pool it keeps (release): claimers that win a bit see `base`.
+//!
+//! 6. **Purge** gives a free pool's pages back to the OS (`madvise(MADV_DONTNEED)`, see
+//!    [`os::purge`]) without a new state: the purger *claims* the pools it purges exactly as
+//!    a claimer does (protocol step 1, one compare-exchange clearing all their bits), so no other
+//!    thread can use them meanwhile; it purges them, clears their `inited` bits (their headers
+//!    are now zero pages: the next claimer writes a fresh header), and *returns* them (protocol
+//!    step 2, one `fetch_or` with release). A purge never touches a pool it has not claimed,
+//!    whatever `dirty` and `aged` say, so stale bits (of a released and reused descriptor, or
+//!    a pool claimed and returned since) cost at most an early purge, never a wrong one.
+//! 7. **Decay**: a returned pool sets its `dirty` bit. A maintenance pass moves `dirty` into
+//!    `aged` and purges the pools that were `aged` and are free, so a pool is purged after it
+//!    has stayed free between one and two decay intervals. Passes run at most once per decay
+//!    interval ([`Central::maintenance_due`], one compare-exchange elects the thread), from slow
+//!    paths of the allocator: no background thread. With a decay of 0 a pool is purged as it
+//!    is returned, before its bit is set. A pass also releases arenas whose pools are all free
+//!    (a release undone by a statistics pin is retried there).
 //!
 //! # Abandoned pools
 //! One Treiber stack per size class of pools that have free blocks and no owner (pools of
@@ -70,6 +88,8 @@ pub(crate) struct ArenaDesc {
     base: AtomicUsize,
     inited: AtomicU64,
     pins: AtomicUsize,
+    dirty: AtomicU64,
+    aged: AtomicU64,
 }
 
 impl ArenaDesc {
@@ -80,6 +100,8 @@ impl ArenaDesc {
             base: AtomicUsize::new(VACANT),
             inited: AtomicU64::new(0),
             pins: AtomicUsize::new(0),
+            dirty: AtomicU64::new(0),
+            aged: AtomicU64::new(0),
         }
     }
 }
@@ -98,6 +120,12 @@ pub(crate) struct Central {
     allocated_total: AtomicUsize,
     reclaimed: AtomicUsize,
     highwater: AtomicUsize,
+    /// Decay interval in milliseconds (0: purge pools as they are returned).
+    decay_ms: u64,
+    /// Earliest time (`os::now_ms`) of the next maintenance pass. A rate limiter, not part of
+    /// any protocol: plain `core` atomics, outside the loom facade, as the counters below.
+    next_pass: core::sync::atomic::AtomicU64,
+    pools_purged: core::sync::atomic::AtomicUsize,
     /// Abandoned pools with free blocks, one stack per class.
     abandoned: [CachePadded<AtomicPtr<PoolHeader>>; NUM_CLASSES],
 }
@@ -114,7 +142,7 @@ fn table_bytes() -> usize {
 }
 
 impl Central {
-    pub(crate) fn new(geo: Geometry) -> Option<Central> {
+    pub(crate) fn new(geo: Geometry, decay_ms: u64) -> Option<Central> {
         let descs = os::map(table_bytes()).cast::<CachePadded<ArenaDesc>>();
         if descs.is_null() {
             return None;
@@ -140,6 +168,9 @@ impl Central {
             allocated_total: AtomicUsize::new(0),
             reclaimed: AtomicUsize::new(0),
             highwater: AtomicUsize::new(0),
+            decay_ms,
+            next_pass: core::sync::atomic::AtomicU64::new(0),
+            pools_purged: core::sync::atomic::AtomicUsize::new(0),
             abandoned: core::array::from_fn(|_| CachePadded::new(AtomicPtr::new(ptr::null_mut()))),
         })
     }
@@ -201,11 +232,11 @@ impl Central {
     fn new_arena(&self, map: &ArenaMap) -> *mut PoolHeader {
         let mut slot = None;
         for i in 0..MAX_ARENAS {
-            if self
-                .desc(i)
-                .base
-                .compare_exchange(VACANT, RESERVED, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
+            let base = &self.desc(i).base;
+            if base.load(Ordering::Relaxed) == VACANT
+                && base
+                    .compare_exchange(VACANT, RESERVED, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
             {
                 slot = Some(i);
                 break;
@@ -225,6 +256,8 @@ impl Central {
             return ptr::null_mut();
         }
         d.inited.store(0, Ordering::Relaxed);
+        d.dirty.store(0, Ordering::Relaxed);
+        d.aged.store(0, Ordering::Relaxed);
         d.base.store(base as usize, Ordering::Relaxed);
         self.hwm.fetch_max(i + 1, Ordering::AcqRel);
         let now = self.mapped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -247,9 +280,116 @@ impl Central {
         let i = unsafe { (*pool).arena_index } as usize;
         let bit = (pool as usize - base) / self.geo.pool_size;
         let d = self.desc(i);
+        if self.decay_ms == 0 {
+            // SAFETY: we hold the pool (caller's contract), so its pages are ours to purge.
+            unsafe { self.purge_held(d, base, 1u64 << bit) };
+        } else {
+            d.dirty.fetch_or(1u64 << bit, Ordering::Relaxed);
+        }
         let before = d.free.fetch_or(1u64 << bit, Ordering::Release);
         if before | (1u64 << bit) == self.all {
             self.try_release(i, map);
+        }
+    }
+
+    /// Purges the pools `bits` of the arena at `base` (descriptor `d`): their pages go back to
+    /// the OS and their headers must be written afresh.
+    ///
+    /// # Safety
+    /// The caller must hold every pool of `bits` (claimed, protocol step 6).
+    unsafe fn purge_held(&self, d: &ArenaDesc, base: usize, bits: u64) {
+        let mut rest = bits;
+        while rest != 0 {
+            // One madvise per run of adjacent pools.
+            let start = rest.trailing_zeros();
+            let run = (rest >> start).trailing_ones();
+            let from = base + start as usize * self.geo.pool_size;
+            let to = from + run as usize * self.geo.pool_size;
+            // Whole pages only: pools smaller than a page (tests, models) share theirs.
+            let page = crate::config::page_size();
+            let (from, to) = (from.next_multiple_of(page), to & !(page - 1));
+            if from < to {
+                // SAFETY: the pages lie inside the run's pools, which the caller holds, inside
+                // a mapped arena.
+                unsafe { os::purge(from as *mut u8, to - from) };
+            }
+            let mask = if run == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << run) - 1) << start
+            };
+            rest &= !mask;
+        }
+        d.inited.fetch_and(!bits, Ordering::Relaxed);
+        self.pools_purged.fetch_add(
+            bits.count_ones() as usize,
+            core::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// True when a maintenance pass is due, for exactly one caller per decay interval.
+    #[inline]
+    pub(crate) fn maintenance_due(&self) -> bool {
+        if cfg!(loom) || self.decay_ms == 0 {
+            // Loom has no clock (models call `trim`); decay 0 purges as pools come back.
+            return false;
+        }
+        use core::sync::atomic::Ordering::Relaxed;
+        let now = os::now_ms();
+        let next = self.next_pass.load(Relaxed);
+        now >= next
+            && self
+                .next_pass
+                .compare_exchange(next, now + self.decay_ms, Relaxed, Relaxed)
+                .is_ok()
+    }
+
+    /// A maintenance pass over every arena (protocol steps 6 and 7): purges the free pools that
+    /// were returned before the previous pass (all free returned pools with `all`), and
+    /// releases arenas whose pools are all free.
+    pub(crate) fn purge(&self, map: &ArenaMap, all: bool) {
+        let hwm = self.hwm.load(Ordering::Acquire);
+        for i in 0..hwm {
+            let d = self.desc(i);
+            let fresh = d.dirty.swap(0, Ordering::Relaxed);
+            let cand = if all {
+                fresh | d.aged.swap(0, Ordering::Relaxed)
+            } else {
+                d.aged.swap(fresh, Ordering::Relaxed)
+            };
+            let mut m = d.free.load(Ordering::Relaxed);
+            if cand != 0 {
+                let backoff = Backoff::new();
+                loop {
+                    let take = m & cand;
+                    if take == 0 {
+                        break;
+                    }
+                    match d.free.compare_exchange_weak(
+                        m,
+                        m & !take,
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    ) {
+                        Ok(_) => {
+                            // Stable while we hold a clear bit (protocol step 1).
+                            let base = d.base.load(Ordering::Relaxed);
+                            debug_assert!(base > DYING);
+                            // SAFETY: we claimed every pool of `take` just now.
+                            unsafe { self.purge_held(d, base, take) };
+                            m = d.free.fetch_or(take, Ordering::Release) | take;
+                            break;
+                        }
+                        Err(now) => {
+                            m = now;
+                            backoff.spin();
+                        }
+                    }
+                }
+            }
+            if m == self.all && d.base.load(Ordering::Relaxed) > DYING {
+                self.try_release(i, map);
+            }
         }
     }
 
@@ -321,6 +461,12 @@ impl Central {
         head.swap(ptr::null_mut(), Ordering::Acquire)
     }
 
+    /// Pools purged since the heap was built.
+    pub(crate) fn pools_purged(&self) -> usize {
+        self.pools_purged
+            .load(core::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Arena counters (relaxed reads: exact when no thread allocates).
     pub(crate) fn counters(&self) -> ArenaCounters {
         ArenaCounters {
@@ -331,10 +477,11 @@ impl Central {
         }
     }
 
-    /// Calls `f(pool, claimed)` for every pool of every mapped arena, with the arena pinned so
-    /// it cannot be unmapped meanwhile. `pool` is null for a pool whose header was never
-    /// written; otherwise `f` may read the header's atomic fields.
-    pub(crate) fn for_each_pool(&self, mut f: impl FnMut(*const PoolHeader, bool)) {
+    /// Calls `f(pool, claimed, dirty)` for every pool of every mapped arena, with the arena
+    /// pinned so it cannot be unmapped meanwhile. `pool` is null for a pool whose header was
+    /// never written (or was purged); otherwise `f` may read the header's atomic fields. `dirty`
+    /// says a free pool's pages are still resident (returned, not purged yet).
+    pub(crate) fn for_each_pool(&self, mut f: impl FnMut(*const PoolHeader, bool, bool)) {
         let hwm = self.hwm.load(Ordering::Acquire);
         for i in 0..hwm {
             let d = self.desc(i);
@@ -343,13 +490,15 @@ impl Central {
             if base > DYING {
                 let free = d.free.load(Ordering::Acquire);
                 let inited = d.inited.load(Ordering::Acquire);
+                let dirty = d.dirty.load(Ordering::Relaxed) | d.aged.load(Ordering::Relaxed);
                 for bit in 0..self.geo.pools_per_arena {
                     let pool = if inited & (1u64 << bit) != 0 {
                         (base + bit * self.geo.pool_size) as *const PoolHeader
                     } else {
                         ptr::null()
                     };
-                    f(pool, free & (1u64 << bit) == 0);
+                    let claimed = free & (1u64 << bit) == 0;
+                    f(pool, claimed, !claimed && dirty & (1u64 << bit) != 0);
                 }
             }
             d.pins.fetch_sub(1, Ordering::SeqCst);

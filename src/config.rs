@@ -27,6 +27,11 @@ pub struct Config {
     /// Debug mode: size headers, guard bytes and fill patterns on every pool block, with checks
     /// for double frees, overruns and writes to freed memory (see the `debug` module).
     pub debug: bool,
+    /// Free-threaded mode: how long (milliseconds) a free pool keeps its pages before they are
+    /// given back to the OS (`madvise`); a pool is purged after one to two intervals free.
+    /// 0 purges every pool as it returns to its arena. GIL mode, like pymalloc, gives back
+    /// only whole arenas and ignores it. Default [`Config::DEFAULT_DECAY_MS`].
+    pub decay_ms: u64,
 }
 
 /// Why a [`Config`] was refused.
@@ -42,8 +47,8 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "invalid ftmalloc config (pool_size {}, arena_size {}): {}",
-            self.config.pool_size, self.config.arena_size, self.reason
+            "invalid ftmalloc config (pool_size {}, arena_size {}, decay_ms {}): {}",
+            self.config.pool_size, self.config.arena_size, self.config.decay_ms, self.reason
         )
     }
 }
@@ -52,11 +57,13 @@ impl std::error::Error for ConfigError {}
 
 impl Config {
     /// pymalloc's layout on 64-bit platforms: 16 KiB pools in 1 MiB arenas.
-    pub const PYMALLOC: Config = Config {
-        pool_size: 16 << 10,
-        arena_size: 1 << 20,
-        debug: false,
-    };
+    pub const PYMALLOC: Config = Config::new(16 << 10, 1 << 20);
+
+    /// The default decay interval: 100 ms.
+    pub const DEFAULT_DECAY_MS: u64 = 100;
+
+    /// Longest decay interval accepted: one hour.
+    pub const MAX_DECAY_MS: u64 = 3_600_000;
 
     /// A configuration with the given pool and arena sizes (validated when an allocator is built).
     pub const fn new(pool_size: usize, arena_size: usize) -> Config {
@@ -64,12 +71,18 @@ impl Config {
             pool_size,
             arena_size,
             debug: false,
+            decay_ms: Config::DEFAULT_DECAY_MS,
         }
     }
 
     /// The same configuration with debug mode on or off.
     pub const fn with_debug(self, debug: bool) -> Config {
         Config { debug, ..self }
+    }
+
+    /// The same configuration with another decay interval (see [`Config::decay_ms`]).
+    pub const fn with_decay_ms(self, decay_ms: u64) -> Config {
+        Config { decay_ms, ..self }
     }
 
     /// Checks the configuration and derives the numbers the allocator works with.
@@ -90,6 +103,9 @@ impl Config {
         let pools_per_arena = self.arena_size / self.pool_size;
         if pools_per_arena > 64 {
             return Err(err("an arena may hold at most 64 pools"));
+        }
+        if self.decay_ms > Config::MAX_DECAY_MS {
+            return Err(err("decay_ms may be at most 3600000 (one hour)"));
         }
         if self.arena_size < page_size() {
             return Err(err("arena_size must be at least the OS page size"));
@@ -225,5 +241,14 @@ mod tests {
             assert!(!e.reason.is_empty());
             assert!(e.to_string().contains(&p.to_string()));
         }
+        let e = Config::PYMALLOC
+            .with_decay_ms(Config::MAX_DECAY_MS + 1)
+            .geometry()
+            .unwrap_err();
+        assert!(e.to_string().contains("decay_ms 3600001"), "{e}");
+        assert!(Config::PYMALLOC
+            .with_decay_ms(Config::MAX_DECAY_MS)
+            .geometry()
+            .is_ok());
     }
 }

@@ -15,7 +15,9 @@
 //!   ([`FtMalloc`](crate::FtMalloc)), and frees the `tid`. Caches of
 //!   other heap instances stay bound to the `tid` and are inherited by the next thread that
 //!   gets it (as sharded-slab's shards are), so their pools are never stranded.
-//! - Frees never bind: a thread with no cache for the heap frees remotely.
+//! - Frees of the process-wide heap bind a thread that has no cache yet (its remote frees are
+//!   then batched, and flushed at its exit); frees of other instances never bind (their
+//!   thread caches have no exit hook, so they publish each remote free at once).
 //!
 //! Nothing on the exit path allocates through ftmalloc (see the `exit` module).
 
@@ -59,6 +61,10 @@ crate::sync::ft_thread_local! {
 
 pub(crate) struct FtHeap {
     id: usize,
+    /// True for the process-wide heap ([`FtMalloc`](crate::FtMalloc)), whose thread caches are
+    /// abandoned at thread exit: only caches that are certain to be flushed at their end batch
+    /// remote frees (these and explicit handles; see `thread_cache`, protocol 2).
+    process_heap: bool,
     pub(crate) central: Central,
     caches: *mut Cache,
     by_tid: *mut *mut Cache,
@@ -79,8 +85,8 @@ fn by_tid_bytes() -> usize {
 }
 
 impl FtHeap {
-    pub(crate) fn new(geo: Geometry) -> Option<FtHeap> {
-        let central = Central::new(geo)?;
+    pub(crate) fn new(geo: Geometry, decay_ms: u64) -> Option<FtHeap> {
+        let central = Central::new(geo, decay_ms)?;
         let caches = os::map(caches_bytes()).cast::<Cache>();
         let by_tid = os::map(by_tid_bytes()).cast::<*mut Cache>();
         if caches.is_null() || by_tid.is_null() {
@@ -94,6 +100,7 @@ impl FtHeap {
         }
         Some(FtHeap {
             id: NEXT_HEAP_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
+            process_heap: false,
             central,
             caches,
             by_tid,
@@ -109,8 +116,14 @@ impl FtHeap {
         }
     }
 
-    /// Takes a free cache slot, or null when all are in use.
-    pub(crate) fn acquire_cache(&self) -> *mut Cache {
+    /// Marks this heap as the process-wide one (before any thread uses it).
+    pub(crate) fn set_process_heap(&mut self) {
+        self.process_heap = true;
+    }
+
+    /// Takes a free cache slot, or null when all are in use. `batching`: whether the cache
+    /// may hold remote frees in batches (only if it is certain to be flushed when given up).
+    pub(crate) fn acquire_cache(&self, batching: bool) -> *mut Cache {
         for i in 0..MAX_CACHES {
             // SAFETY: i < MAX_CACHES; slots hold valid caches.
             let c = unsafe { self.caches.add(i) };
@@ -121,6 +134,8 @@ impl FtHeap {
                     .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
             {
+                // SAFETY: we hold the slot now.
+                unsafe { (*c).set_batching(batching) };
                 return c;
             }
         }
@@ -148,6 +163,17 @@ impl FtHeap {
             m.cache
         } else {
             self.bind_slow()
+        }
+    }
+
+    /// The cache a remote free by the calling thread may batch in: its bound cache; binding
+    /// it first in the process-wide heap (whose caches are flushed at thread exit).
+    #[inline]
+    pub(crate) fn cache_for_remote_free(&self) -> *mut Cache {
+        if self.process_heap {
+            self.local_cache()
+        } else {
+            self.bound_cache()
         }
     }
 
@@ -191,7 +217,7 @@ impl FtHeap {
             // the tid registry's release/acquire orders it against the previous holder.
             let entry = unsafe { &mut *self.by_tid.add(tid) };
             if entry.is_null() {
-                *entry = self.acquire_cache();
+                *entry = self.acquire_cache(self.process_heap);
                 if entry.is_null() {
                     MEMO.with(|m| m.set(prev));
                     return ptr::null_mut();
@@ -212,7 +238,7 @@ impl FtHeap {
     #[cold]
     #[inline(never)]
     pub(crate) fn alloc_cacheless(&self, class: usize, cx: &Ctx<'_>) -> *mut u8 {
-        let c = self.acquire_cache();
+        let c = self.acquire_cache(false);
         if c.is_null() {
             return ptr::null_mut();
         }
@@ -236,37 +262,28 @@ impl FtHeap {
         }
     }
 
-    /// Returns every empty abandoned pool to its arena (which may release arenas); pools with
-    /// blocks in use go back on their abandoned stack. Returns the number of pools returned.
+    /// Gives memory back now: the calling thread's cache (if it has one) publishes its batches
+    /// and sweeps every partial pool, empty abandoned pools return to their arenas, every free
+    /// pool is purged and arenas whose pools are all free are released. Returns the number of
+    /// pools returned to arenas.
     pub(crate) fn trim(&self, cx: &Ctx<'_>) -> usize {
-        let mut returned = 0;
-        for class in 0..crate::size_class::NUM_CLASSES {
-            let mut p = self.central.take_abandoned(class);
-            while !p.is_null() {
-                // SAFETY: the swap handed every pool of the chain over to us; we give each one
-                // away exactly once (returned or pushed back) and do not touch it afterwards.
-                unsafe {
-                    let next = (*p).shared.next_abandoned.load(Ordering::Relaxed);
-                    thread_cache::collect(p);
-                    if (*p).refs() == 0 {
-                        self.central.return_pool(p, cx.map);
-                        returned += 1;
-                    } else {
-                        self.central.push_abandoned(p, class);
-                    }
-                    p = next;
-                }
-            }
+        let c = self.bound_cache();
+        let mut n = 0;
+        if !c.is_null() {
+            // SAFETY: a bound cache is used by the calling thread only.
+            n += unsafe { (*c).trim(cx) };
         }
-        returned
+        n + thread_cache::maintenance(cx, true)
     }
 
     /// Fills `stats` by walking every pool of every mapped arena (arenas pinned meanwhile).
     pub(crate) fn fill_stats(&self, stats: &mut Stats, geo: &Geometry) {
         stats.counters = self.central.counters();
-        self.central.for_each_pool(|pool, claimed| {
+        stats.pools_purged = self.central.pools_purged() as u64;
+        self.central.for_each_pool(|pool, claimed, dirty| {
             if !claimed {
                 stats.unused_pools += 1;
+                stats.dirty_pools += usize::from(dirty);
                 return;
             }
             if pool.is_null() {
@@ -278,7 +295,11 @@ impl FtHeap {
             // we read only atomic fields.
             let p = unsafe { &*pool };
             let class = p.class();
-            if class == crate::pool::NO_CLASS {
+            // A header being purged under a claim reads as zeros: no carve mark.
+            if class == crate::pool::NO_CLASS
+                || (p.nextoffset.load(core::sync::atomic::Ordering::Relaxed) as usize)
+                    < geo.pool_overhead
+            {
                 stats.unused_pools += 1;
                 return;
             }
@@ -293,9 +314,11 @@ impl FtHeap {
             }
         });
         for i in 0..MAX_CACHES {
-            // SAFETY: i < MAX_CACHES; in_use is atomic.
-            if unsafe { (*self.caches.add(i)).in_use.load(Ordering::Relaxed) } != 0 {
+            // SAFETY: i < MAX_CACHES; `in_use` and `held` are atomics.
+            let c = unsafe { &*self.caches.add(i) };
+            if c.in_use.load(Ordering::Relaxed) != 0 {
                 stats.thread_caches += 1;
+                stats.max_cached_pools = stats.max_cached_pools.max(c.held());
             }
         }
     }
@@ -390,8 +413,12 @@ mod exit {
         });
         crate::global::thread_exit(|heap, cx| {
             heap.abandon_tid(tid, cx);
-            // Pools this and earlier exited threads left ownerless may be empty by now.
-            heap.trim(cx);
+            // Pools this and earlier exited threads left ownerless may be empty by now: the
+            // periodic pass returns them (not every exit: a pass swaps the abandoned stacks
+            // out for a moment, and adopters then would claim fresh pools).
+            if cx.central.maintenance_due() {
+                crate::thread_cache::maintenance(cx, false);
+            }
         });
         TID.with(|t| t.set(0));
         release_tid(tid);

@@ -20,6 +20,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 ///   means the default. Any other value aborts the process with a message naming it.
 /// - `FTMALLOC_STATS`: `1` prints the heap's [`Stats`] to stderr at exit; `0` or unset does not.
 /// - `FTMALLOC_DEBUG`: `1` turns debug mode on ([`Config::with_debug`](crate::Config::with_debug)).
+/// - `FTMALLOC_DECAY_MS`: milliseconds a free pool keeps its pages before they go back to the
+///   OS, `0` to `3600000` ([`Config::decay_ms`](crate::Config::decay_ms)); unset or empty means
+///   [`Config::DEFAULT_DECAY_MS`](crate::Config::DEFAULT_DECAY_MS). Anything else aborts with
+///   a message naming the value.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FtMalloc;
 
@@ -75,10 +79,18 @@ fn init_slow() -> &'static Allocator {
             Ok(d) => d,
             Err(e) => die_fmt(e),
         };
-        let heap = match Allocator::with_config(mode, crate::Config::PYMALLOC.with_debug(debug)) {
+        let decay = match env_decay_ms() {
+            Ok(d) => d,
+            Err(e) => die_fmt(e),
+        };
+        let config = crate::Config::PYMALLOC
+            .with_debug(debug)
+            .with_decay_ms(decay);
+        let mut heap = match Allocator::with_config(mode, config) {
             Ok(h) => h,
             Err(e) => die_fmt(e),
         };
+        heap.set_process_heap();
         // SAFETY: we won the UNINIT -> BUSY race, so nobody else reads or writes the cell.
         unsafe { (*INSTANCE.0.get()).write(heap) };
         STATE.store(READY, Ordering::Release);
@@ -152,6 +164,25 @@ pub(crate) fn env_mode() -> Result<Mode, EnvError> {
                 accepted: Mode::NAMES,
             }),
     }
+}
+
+/// Parses `FTMALLOC_DECAY_MS` (decimal milliseconds, at most one hour) without allocating.
+pub(crate) fn env_decay_ms() -> Result<u64, EnvError> {
+    let v = match getenv(c"FTMALLOC_DECAY_MS") {
+        None | Some(b"") => return Ok(crate::Config::DEFAULT_DECAY_MS),
+        Some(v) => v,
+    };
+    if v.len() <= 7 && v.iter().all(u8::is_ascii_digit) {
+        let n = v.iter().fold(0u64, |n, &b| n * 10 + u64::from(b - b'0'));
+        if n <= crate::Config::MAX_DECAY_MS {
+            return Ok(n);
+        }
+    }
+    Err(EnvError {
+        name: "FTMALLOC_DECAY_MS",
+        value: v,
+        accepted: &["an integer from 0 to 3600000 (milliseconds)"],
+    })
 }
 
 /// Parses a 0/1 flag variable without allocating.

@@ -63,7 +63,6 @@ use gil::GilHeap;
 use pool::PoolHeader;
 use size_class::{class_size, size_to_class, ALIGNMENT};
 use thread_cache::Cache;
-#[cfg(not(loom))]
 use thread_cache::Ctx;
 
 /// Which concurrency design an [`Allocator`] uses.
@@ -181,7 +180,7 @@ impl Allocator {
         let front = match mode {
             Mode::Gil => Front::Gil(GilHeap::new(geo).unwrap_or_else(|| out_of_address_space())),
             Mode::FreeThreaded => {
-                Front::Ft(FtHeap::new(geo).unwrap_or_else(|| out_of_address_space()))
+                Front::Ft(FtHeap::new(geo, config.decay_ms).unwrap_or_else(|| out_of_address_space()))
             }
         };
         Ok(Allocator {
@@ -274,9 +273,37 @@ impl Allocator {
                     if !c.is_null() && (*c).owns(pool) {
                         (*c).free_local(pool, block, &cx);
                     } else {
-                        thread_cache::remote_free(pool, block, c, &cx);
+                        Self::ft_free_remote(h, pool, block, c, &cx);
                     }
                 }
+            }
+        }
+    }
+
+    /// A free into a pool the calling thread does not own: batched in the thread's cache
+    /// (binding the thread to one if it has none yet), or published at once without one.
+    ///
+    /// # Safety
+    /// As [`small_free`](Self::small_free).
+    #[inline(never)]
+    unsafe fn ft_free_remote(
+        h: &FtHeap,
+        pool: *mut PoolHeader,
+        block: *mut u8,
+        cache: *mut Cache,
+        cx: &Ctx<'_>,
+    ) {
+        let c = if cache.is_null() {
+            h.cache_for_remote_free()
+        } else {
+            cache
+        };
+        // SAFETY: forwarded contract; a non-null cache is the calling thread's own.
+        unsafe {
+            if c.is_null() {
+                thread_cache::remote_free_direct(pool, block, cx);
+            } else {
+                (*c).free_remote(pool, block, cx);
             }
         }
     }
@@ -519,19 +546,35 @@ impl Allocator {
     }
 
     /// A snapshot of the heap. In GIL mode it is taken under the lock, without allocating.
+    ///
+    /// In free-threaded mode it is read while other threads run, so it is approximate then
+    /// (exact when no thread allocates). The calling thread's own batched remote frees are
+    /// published first, so a block a thread freed is never reported in use to that thread;
+    /// other threads' batches (at most `8 * 32` blocks each, see
+    /// [`ThreadCache::flush`]) count as in use until published.
     pub fn stats(&self) -> Stats {
         let mut s = Stats::empty(self.mode(), &self.geo);
         match &self.front {
             Front::Gil(h) => h.lock().fill_stats(&mut s),
-            Front::Ft(h) => h.fill_stats(&mut s, &self.geo),
+            Front::Ft(h) => {
+                let c = h.bound_cache();
+                if !c.is_null() {
+                    // SAFETY: a bound cache is used by the calling thread only.
+                    unsafe { (*c).flush_batches(&h.ctx(&self.geo, &self.map)) };
+                }
+                h.fill_stats(&mut s, &self.geo)
+            }
         }
         s
     }
 
-    /// Gives memory back: in free-threaded mode, every pool left without an owner (by exited
-    /// threads or dropped handles) whose blocks have all been freed since returns to its arena,
-    /// and arenas whose pools are all free are unmapped (one is kept). GIL mode returns pools
-    /// and arenas eagerly, so there it does nothing. Returns the number of pools returned.
+    /// Gives memory back now. In free-threaded mode: the calling thread's own cache publishes
+    /// its batched remote frees and returns its pools whose blocks were all freed (by any
+    /// thread); every pool left without an owner (by exited threads or dropped handles) whose
+    /// blocks are all free returns to its arena; every free pool's pages go back to the OS
+    /// (`madvise`) without waiting for the decay interval; and arenas whose pools are all free
+    /// are unmapped (one is kept). GIL mode returns pools and arenas eagerly, as pymalloc does,
+    /// so there it does nothing. Returns the number of pools returned to arenas.
     /// Lock-free; safe to call at any time from any thread.
     pub fn trim(&self) -> usize {
         match &self.front {
@@ -549,7 +592,7 @@ impl Allocator {
         let cache = match &self.front {
             Front::Gil(_) => ptr::null_mut(),
             Front::Ft(h) => {
-                let c = h.acquire_cache();
+                let c = h.acquire_cache(true);
                 if c.is_null() {
                     return None;
                 }
@@ -557,6 +600,13 @@ impl Allocator {
             }
         };
         Some(ThreadCache { heap: self, cache })
+    }
+
+    /// Marks this heap as the process-wide one (see `FtHeap::set_process_heap`).
+    pub(crate) fn set_process_heap(&mut self) {
+        if let Front::Ft(h) = &mut self.front {
+            h.set_process_heap();
+        }
     }
 
     /// Runs `f` with the free-threaded heap, if this is one.
@@ -653,6 +703,32 @@ impl ThreadCache<'_> {
     pub unsafe fn dealloc(&mut self, ptr: *mut u8, _layout: Layout) {
         // SAFETY: forwarded contract.
         unsafe { self.free(ptr) }
+    }
+
+    /// Publishes the remote frees this cache holds in batches (blocks it freed into pools it
+    /// does not own). They are published anyway when a batch fills, on this cache's next slow
+    /// path, by [`trim`](Self::trim) and when the handle is dropped; until then
+    /// [`Allocator::stats`] counts them as in use.
+    pub fn flush(&mut self) {
+        if let Front::Ft(h) = &self.heap.front {
+            // SAFETY: the slot is ours (&mut self).
+            unsafe { (*self.cache).flush_batches(&h.ctx(&self.heap.geo, &self.heap.map)) };
+        }
+    }
+
+    /// Gives memory back now, as [`Allocator::trim`] does, with this cache as the caller's:
+    /// its batched remote frees are published and its pools whose blocks were all freed
+    /// return to their arenas. Returns the number of pools returned to arenas.
+    pub fn trim(&mut self) -> usize {
+        match &self.heap.front {
+            Front::Gil(_) => 0,
+            Front::Ft(h) => {
+                let cx = h.ctx(&self.heap.geo, &self.heap.map);
+                // SAFETY: the slot is ours (&mut self).
+                let n = unsafe { (*self.cache).trim(&cx) };
+                n + thread_cache::maintenance(&cx, true)
+            }
+        }
     }
 
     /// Pools this cache owns now (0 in GIL mode).

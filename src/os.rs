@@ -1,4 +1,4 @@
-//! The OS layer: aligned anonymous mappings and unmapping.
+//! The OS layer: aligned anonymous mappings, unmapping, purging, and a coarse clock.
 //!
 //! Nothing here allocates through an allocator; every function is a thin wrapper over
 //! `mmap`/`munmap`, so the allocator can call it while holding its own state.
@@ -66,6 +66,36 @@ pub(crate) unsafe fn unmap(ptr: *mut u8, size: usize) {
     // SAFETY: the caller guarantees the range is ours and dead.
     let rc = unsafe { libc::munmap(ptr.cast(), size) };
     debug_assert_eq!(rc, 0, "munmap failed");
+}
+
+/// Gives the pages of `[ptr, ptr + size)` back to the OS; the range stays mapped and reads as
+/// zeros afterwards.
+///
+/// `MADV_DONTNEED`, not `MADV_FREE`: the pages leave the resident set at once, so what a user
+/// measures (RSS) follows the live set, and a later touch finds zeros, which the caller relies
+/// on (a purged pool's header reads as never written). `MADV_FREE` would make the page faults
+/// of reuse cheaper, but the decay interval already keeps purges rare, and its pages stay in
+/// RSS until the kernel is short of memory, which hides from users what was given back.
+///
+/// # Safety
+/// The range must lie inside a mapping made by [`map`] or [`map_aligned`], page-aligned, and
+/// hold nothing anyone will read as data again.
+pub(crate) unsafe fn purge(ptr: *mut u8, size: usize) {
+    debug_assert!(ptr as usize % crate::config::page_size() == 0);
+    // SAFETY: the caller guarantees the range is ours and dead; DONTNEED keeps it mapped.
+    let rc = unsafe { libc::madvise(ptr.cast(), size, libc::MADV_DONTNEED) };
+    debug_assert_eq!(rc, 0, "madvise failed");
+}
+
+/// Milliseconds of a monotonic clock (coarse: read from the vDSO, no system call).
+pub(crate) fn now_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out-pointer; the clock id is a constant Linux supports.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
 #[cfg(test)]

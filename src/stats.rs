@@ -81,6 +81,14 @@ pub struct Stats {
     pub cached_pools: usize,
     /// Free-threaded mode: pools waiting on the central abandoned lists (0 in GIL mode).
     pub abandoned_pools: usize,
+    /// Free-threaded mode: most pools held by one thread cache (0 in GIL mode).
+    pub max_cached_pools: usize,
+    /// Free-threaded mode: free pools whose pages are still resident, waiting for the decay
+    /// interval to pass before they are purged (0 in GIL mode).
+    pub dirty_pools: usize,
+    /// Free-threaded mode: pools whose pages were given back to the OS (`madvise`) since the
+    /// heap was built (0 in GIL mode).
+    pub pools_purged: u64,
 }
 
 impl Stats {
@@ -102,6 +110,9 @@ impl Stats {
             thread_caches: 0,
             cached_pools: 0,
             abandoned_pools: 0,
+            max_cached_pools: 0,
+            dirty_pools: 0,
+            pools_purged: 0,
         }
     }
 
@@ -161,6 +172,11 @@ impl Stats {
             + self.bytes_in_unused_pools()
             + self.bytes_lost_to_pool_headers()
             + self.bytes_lost_to_quantization()
+    }
+
+    /// Bytes given back to the OS by purging free pools since the heap was built.
+    pub fn bytes_purged(&self) -> u64 {
+        self.pools_purged * self.pool_size as u64
     }
 
     /// `arenas_current * arena_size`: what [`total`](Self::total) must equal.
@@ -317,6 +333,10 @@ impl fmt::Display for Stats {
             line(f, "# thread caches", self.thread_caches)?;
             line(f, "# pools held by thread caches", self.cached_pools)?;
             line(f, "# pools awaiting adoption", self.abandoned_pools)?;
+            line(f, "# most pools held by one cache", self.max_cached_pools)?;
+            line(f, "# free pools not yet purged", self.dirty_pools)?;
+            line(f, "# pools purged", self.pools_purged as usize)?;
+            line(f, "# bytes purged", self.bytes_purged() as usize)?;
         }
         Ok(())
     }

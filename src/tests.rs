@@ -343,6 +343,9 @@ fn ft_full_pool_made_usable_by_a_remote_free_is_adopted() {
             }
         }
         owner.free(extra);
+        // The owner's frees into the adopted pool wait in its batch until published.
+        assert_eq!(a.stats().blocks_in_use(), per_pool - 1);
+        owner.flush();
     }
     let s = a.stats();
     assert_eq!(s.blocks_in_use(), 0);

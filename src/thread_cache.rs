@@ -1,5 +1,6 @@
 //! Free-threaded mode's thread caches: pools owned by one thread, remote frees through atomic
-//! lists, and the hand-over of pools between threads.
+//! lists (published in batches), the owner's sweep that returns pools emptied by other threads,
+//! and the hand-over of pools between threads.
 //!
 //! # Ownership
 //! A claimed pool is in exactly one of these states:
@@ -21,31 +22,56 @@
 //! # Protocols and invariants
 //! 1. **Owner alloc/free** use no read-modify-write and no lock: pop/push on the local list,
 //!    bump the carve mark, `ref_count` by load and store.
-//! 2. **Remote free** (the freeing thread is not the owner): write the block's link, then
-//!    compare-exchange the remote word to (block, count + 1, no flags) with release. If the old
-//!    word had `DETACHED`, this thread cleared it and so *received* the pool (acquire fence):
-//!    if it has a cache of this heap it takes the pool over (stores its own token in `owner`,
-//!    collects, and keeps it on its `partial` list), otherwise it pushes it onto the abandoned
-//!    stack of its class. Exactly one remote free clears `DETACHED` per detachment, so a full
-//!    pool becomes reachable again exactly once, by exactly one thread.
+//! 2. **Remote free** (the freeing thread is not the owner). A thread with a cache does not
+//!    publish each block: it links it into a *batch* for that pool (a chain `head..tail` kept in
+//!    one of the cache's [`BATCH_SLOTS`] slots, chosen by the pool's address), with no atomic
+//!    operation. A batch is *published* when it holds [`BATCH_LIMIT`] blocks, when a block of
+//!    another pool needs its slot, and at every slow moment of its cache (allocation slow path,
+//!    sweep, trim, abandonment): so a block waits at most for a bounded number of its freeing
+//!    thread's own operations, and a thread holds at most `BATCH_SLOTS * BATCH_LIMIT` unpublished
+//!    blocks. A thread without a cache publishes each block at once (a batch of one), and so
+//!    does a cache that is not certain to be flushed when it is given up (thread caches of
+//!    heap instances other than the process-wide one: they have no exit hook).
+//!    *Publishing* writes the tail's link, then compare-exchanges the remote word to
+//!    (head, count + n, no flags) with release. If the old word had `DETACHED`, this thread
+//!    cleared it and so *received* the pool (acquire fence): if its cache allocates that class
+//!    (has a `current` pool of it) it takes the pool over (stores its own token in `owner`,
+//!    collects, keeps it on its `partial` list); otherwise it collects it and returns it to its
+//!    arena if every block is free, or pushes it onto the abandoned stack of its class, where
+//!    any thread that allocates the class adopts it. Exactly one publication clears `DETACHED`
+//!    per detachment, so a full pool becomes reachable again exactly once, by exactly one thread.
+//!    Blocks in a batch stay counted in the pool's `ref_count`, so the pool cannot be returned
+//!    to its arena while a batch holds one of its blocks.
 //! 3. **Collection**: the owner takes the whole remote list with one `swap(0)` (acquire), splices
 //!    it into its local list and subtracts its count from `ref_count`. A swap-all list has no
 //!    ABA. Blocks on the remote list are still counted in `ref_count`, so
-//!    `ref_count == 0` means every block of the pool is free and none is in flight.
+//!    `ref_count == remote count` means every block of the pool is free and none is in flight.
 //! 4. **Detach**: the owner of a full pool stores `owner = 0` and compare-exchanges the remote
 //!    word `0 -> DETACHED` (release). If the word was not 0, remote frees arrived: it restores
 //!    `owner`, collects, and keeps allocating from the pool. Detaching never loses a block: a
-//!    block pushed before the compare-exchange makes it fail; one pushed after sees `DETACHED`.
+//!    block published before the compare-exchange makes it fail; one published after sees
+//!    `DETACHED`.
 //! 5. **Abandon** (a cache is dropped: thread exit or a [`ThreadCache`](crate::ThreadCache)
-//!    handle dropped): each owned pool is collected, then returned to its arena if empty,
-//!    pushed onto the abandoned stack if it has a free block, or detached if full. A remote free
-//!    racing with this lands on the remote list, where the next owner collects it.
+//!    handle dropped): its batches are published, then each owned pool is collected, then
+//!    returned to its arena if empty, pushed onto the abandoned stack if it has a free block, or
+//!    detached if full. A remote free racing with this lands on the remote list, where the next
+//!    owner collects it.
 //! 6. **Adopt**: a cache that needs a pool of class `c` swaps the whole abandoned stack of `c`
 //!    (acquire), takes ownership of every pool on it (stores `owner`, then collects) and keeps
 //!    them on its `partial` list; two adopters at once get disjoint sets (one of them nothing).
 //! 7. **Return**: an owned pool whose `ref_count` drops to 0 by a local free goes back to its
 //!    arena (`central`), unless it is the cache's `current` pool for its class (kept, to avoid
 //!    claiming and returning a pool on every alloc/free pair).
+//! 8. **Sweep** (reachability of free space): a pool on a `partial` list whose last blocks were
+//!    freed by other threads has `ref_count == remote count`; no local free brings it to 0, so
+//!    protocol 7 never sees it. The owner therefore *sweeps*: it walks its partial lists with a
+//!    cursor, [`SWEEP_BUDGET`] pools at a time, and returns every pool whose blocks are all free
+//!    (it swaps the remote list away, resets the carve mark, and returns the pool: nothing is
+//!    walked). It sweeps at each allocation slow path (before it adopts or claims a pool, so a
+//!    cache never grows while it holds an empty pool it has not looked at), on every
+//!    [`SWEEP_EVERY`]-th time its `current` pool empties, and fully on `trim`. Every pool that
+//!    holds a free block is thus reachable by a path that allocates from it or returns it: its
+//!    owner's allocation or sweep, a detached pool's receiver, an adopter, or `trim`.
 
 use crate::arena_map::ArenaMap;
 use crate::central::Central;
@@ -54,6 +80,7 @@ use crate::pool::{Block, PoolHeader};
 use crate::size_class::NUM_CLASSES;
 use crate::sync::{fence, AtomicUsize, Ordering};
 use core::ptr;
+use core::sync::atomic::{AtomicUsize as StatAtomic, Ordering::Relaxed};
 use crossbeam_utils::Backoff;
 
 /// Flag in the remote word: the pool was detached full; the next remote free must publish it.
@@ -61,6 +88,15 @@ pub(crate) const DETACHED: usize = 1;
 const FLAGS: usize = 0xf;
 const COUNT_SHIFT: u32 = 48;
 const PTR_MASK: usize = ((1usize << COUNT_SHIFT) - 1) & !FLAGS;
+
+/// Remote-free batch slots per cache (direct-mapped by pool address; a power of two).
+pub(crate) const BATCH_SLOTS: usize = 8;
+/// Blocks a batch gathers before it is published.
+pub(crate) const BATCH_LIMIT: u32 = 32;
+/// Partial pools one incremental sweep looks at.
+pub(crate) const SWEEP_BUDGET: usize = 4;
+/// A cache sweeps on every this many times its `current` pool empties (alloc/free pairs).
+pub(crate) const SWEEP_EVERY: u32 = 64;
 
 /// Blocks waiting on the remote list of a remote word.
 #[inline(always)]
@@ -74,11 +110,43 @@ struct ClassCache {
     partial: *mut PoolHeader,
 }
 
+/// Blocks freed by this cache into one foreign pool, not yet published (protocol 2).
+#[derive(Clone, Copy)]
+struct Batch {
+    /// The pool, or null for an empty slot.
+    pool: *mut PoolHeader,
+    head: *mut Block,
+    tail: *mut Block,
+    count: u32,
+}
+
+const NO_BATCH: Batch = Batch {
+    pool: ptr::null_mut(),
+    head: ptr::null_mut(),
+    tail: ptr::null_mut(),
+    count: 0,
+};
+
 /// One thread's (or one handle's) pools. Lives in the heap's cache table; its address is the
-/// owner token written into the pools it owns.
+/// owner token written into the pools it owns. All-zero bytes are an empty cache.
 #[repr(C)]
 pub(crate) struct Cache {
     classes: [ClassCache; NUM_CLASSES],
+    batches: [Batch; BATCH_SLOTS],
+    /// Slots of `batches` that hold a batch.
+    batched: u32,
+    /// Pools on the `partial` lists.
+    partials: usize,
+    /// Sweep cursor: the class whose partial list is being swept, and the next pool of that
+    /// list to look at (null: the list's head). `sweep_at` is always on that list or null.
+    sweep_class: usize,
+    sweep_at: *mut PoolHeader,
+    /// Times `current` pools emptied since the last sweep.
+    ticks: u32,
+    /// Whether remote frees are batched (set when the slot is taken; protocol 2).
+    batching: bool,
+    /// Pools this cache owns (written by the owner, read by statistics).
+    held: StatAtomic,
     /// 1 while a thread or handle uses this slot.
     pub(crate) in_use: AtomicUsize,
 }
@@ -98,8 +166,23 @@ impl Cache {
                 current: ptr::null_mut(),
                 partial: ptr::null_mut(),
             }; NUM_CLASSES],
+            batches: [NO_BATCH; BATCH_SLOTS],
+            batched: 0,
+            partials: 0,
+            sweep_class: 0,
+            sweep_at: ptr::null_mut(),
+            ticks: 0,
+            batching: false,
+            held: StatAtomic::new(0),
             in_use: AtomicUsize::new(0),
         }
+    }
+
+    /// Sets whether this cache batches remote frees: only a cache certain to be flushed when
+    /// it is given up (an explicit handle, a thread cache of the process-wide heap) may.
+    pub(crate) fn set_batching(&mut self, batching: bool) {
+        debug_assert_eq!(self.batched, 0);
+        self.batching = batching;
     }
 
     #[inline(always)]
@@ -125,6 +208,7 @@ impl Cache {
     #[inline(never)]
     fn alloc_slow(&mut self, class: usize, cx: &Ctx<'_>) -> *mut u8 {
         let token = self.token();
+        let mut maintained = false;
         loop {
             let pool = self.classes[class].current;
             if !pool.is_null() {
@@ -139,6 +223,7 @@ impl Cache {
                     }
                     if detach(pool, token) {
                         self.classes[class].current = ptr::null_mut();
+                        self.add_held(-1);
                     }
                 }
                 continue;
@@ -146,6 +231,13 @@ impl Cache {
             let p = self.pop_partial(class);
             if !p.is_null() {
                 self.classes[class].current = p;
+                continue;
+            }
+            if !maintained {
+                // Before taking a pool from elsewhere: publish our batches (which may hand us
+                // pools) and return the pools other threads emptied (protocols 2 and 8).
+                maintained = true;
+                self.maintain(cx);
                 continue;
             }
             if self.adopt(class, cx) {
@@ -160,7 +252,19 @@ impl Cache {
                 PoolHeader::prepare(p, class, cx.geo);
                 (*p).shared.owner.store(token, Ordering::Relaxed);
             }
+            self.add_held(1);
             self.classes[class].current = p;
+        }
+    }
+
+    /// The cache's slow-moment housekeeping: publish batches, sweep a few partial pools, and
+    /// run the heap's periodic maintenance when it is due.
+    #[cold]
+    fn maintain(&mut self, cx: &Ctx<'_>) {
+        self.flush_batches(cx);
+        self.sweep(SWEEP_BUDGET, cx);
+        if cx.central.maintenance_due() {
+            maintenance(cx, false);
         }
     }
 
@@ -202,12 +306,41 @@ impl Cache {
         unsafe {
             let class = (*pool).class() as usize;
             if self.classes[class].current == pool {
+                self.ticks += 1;
+                if self.ticks >= SWEEP_EVERY {
+                    self.ticks = 0;
+                    self.flush_batches(cx);
+                    self.sweep(SWEEP_BUDGET, cx);
+                }
                 return;
             }
             self.unlink_partial(pool, class);
+            self.give_back(pool, cx);
+        }
+    }
+
+    /// Returns an owned pool with no block in use (and none in flight) to its arena.
+    ///
+    /// # Safety
+    /// The cache owns `pool`, which is on none of its lists, and no block of it is in use.
+    unsafe fn give_back(&mut self, pool: *mut PoolHeader, cx: &Ctx<'_>) {
+        // SAFETY: per the contract the pool is ours to give.
+        unsafe {
             (*pool).shared.owner.store(0, Ordering::Relaxed);
+            self.add_held(-1);
             cx.central.return_pool(pool, cx.map);
         }
+    }
+
+    #[inline]
+    fn add_held(&self, d: isize) {
+        self.held
+            .store(self.held.load(Relaxed).wrapping_add_signed(d), Relaxed);
+    }
+
+    /// Pools this cache owns (statistics; read from any thread).
+    pub(crate) fn held(&self) -> usize {
+        self.held.load(Relaxed)
     }
 
     /// Takes ownership of a pool handed over to us (protocols 2 and 6): collect its remote
@@ -226,14 +359,31 @@ impl Cache {
         // SAFETY: per the contract the pool is ours to own.
         unsafe {
             (*pool).shared.owner.store(self.token(), Ordering::Relaxed);
+            self.add_held(1);
             collect(pool);
             if (*pool).refs() == 0 && !keep_empty {
-                (*pool).shared.owner.store(0, Ordering::Relaxed);
-                cx.central.return_pool(pool, cx.map);
+                self.give_back(pool, cx);
                 false
             } else {
                 self.push_partial(pool, class);
                 true
+            }
+        }
+    }
+
+    /// A detached pool handed to this cache by one of its publications (protocol 2).
+    ///
+    /// # Safety
+    /// The caller cleared `DETACHED` of `pool` (and issued the acquire fence).
+    unsafe fn receive(&mut self, pool: *mut PoolHeader, cx: &Ctx<'_>) {
+        // SAFETY: we hold the pool; its class is stable while it has live blocks.
+        unsafe {
+            let class = (*pool).class() as usize;
+            if self.classes[class].current.is_null() {
+                // We do not allocate this class: let a thread that does adopt it.
+                publish_received(pool, cx);
+            } else {
+                self.take_over(pool, class, false, cx);
             }
         }
     }
@@ -254,8 +404,124 @@ impl Cache {
         got
     }
 
+    /// Frees a block of a pool this cache does not own (protocol 2): into the pool's batch.
+    ///
+    /// # Safety
+    /// `block` must be a live block of the claimed pool `pool`, not used afterwards.
+    #[inline]
+    pub(crate) unsafe fn free_remote(
+        &mut self,
+        pool: *mut PoolHeader,
+        block: *mut u8,
+        cx: &Ctx<'_>,
+    ) {
+        let b = block.cast::<Block>();
+        if !self.batching {
+            // SAFETY: per the contract; a received pool is placed by this cache.
+            unsafe {
+                if publish(pool, b, b, 1) {
+                    self.receive(pool, cx);
+                }
+            }
+            return;
+        }
+        let slot = (pool as usize >> cx.geo.pool_shift) & (BATCH_SLOTS - 1);
+        let batch = &mut self.batches[slot];
+        if batch.pool == pool {
+            // SAFETY: the block is ours until published; the batch's chain is ours.
+            unsafe { (*b).next = batch.head };
+            batch.head = b;
+            batch.count += 1;
+            if batch.count >= BATCH_LIMIT {
+                self.flush(slot, cx);
+            }
+            return;
+        }
+        if !batch.pool.is_null() {
+            self.flush(slot, cx);
+        }
+        // SAFETY: as above.
+        unsafe { (*b).next = ptr::null_mut() };
+        self.batches[slot] = Batch {
+            pool,
+            head: b,
+            tail: b,
+            count: 1,
+        };
+        self.batched += 1;
+    }
+
+    /// Publishes the batch in `slot` (protocol 2).
+    #[cold]
+    #[inline(never)]
+    fn flush(&mut self, slot: usize, cx: &Ctx<'_>) {
+        let b = core::mem::replace(&mut self.batches[slot], NO_BATCH);
+        self.batched -= 1;
+        // SAFETY: the batch's blocks are live blocks of the claimed pool `b.pool` that this
+        // cache freed and nobody else holds; its chain runs from head to tail.
+        unsafe {
+            if publish(b.pool, b.head, b.tail, b.count) {
+                self.receive(b.pool, cx);
+            }
+        }
+    }
+
+    /// Publishes every batch.
+    pub(crate) fn flush_batches(&mut self, cx: &Ctx<'_>) {
+        if self.batched == 0 {
+            return;
+        }
+        for slot in 0..BATCH_SLOTS {
+            if !self.batches[slot].pool.is_null() {
+                self.flush(slot, cx);
+            }
+        }
+    }
+
+    /// Looks at up to `budget` partial pools from the sweep cursor and returns those whose
+    /// blocks are all free (protocol 8). Returns the number of pools returned.
+    pub(crate) fn sweep(&mut self, mut budget: usize, cx: &Ctx<'_>) -> usize {
+        let mut returned = 0;
+        while budget > 0 && self.partials > 0 {
+            let p = if self.sweep_at.is_null() {
+                self.classes[self.sweep_class].partial
+            } else {
+                self.sweep_at
+            };
+            if p.is_null() {
+                // partials > 0: some list is not empty, so this ends within NUM_CLASSES steps.
+                self.sweep_class = (self.sweep_class + 1) % NUM_CLASSES;
+                continue;
+            }
+            budget -= 1;
+            // SAFETY: p is on our partial list of `sweep_class`, so we own it.
+            unsafe {
+                let next = (*p).nextpool;
+                if next.is_null() {
+                    self.sweep_class = (self.sweep_class + 1) % NUM_CLASSES;
+                }
+                self.sweep_at = next;
+                if reclaim_if_free(p, cx.geo) {
+                    let class = (*p).class() as usize;
+                    self.unlink_partial(p, class);
+                    self.give_back(p, cx);
+                    returned += 1;
+                }
+            }
+        }
+        returned
+    }
+
+    /// Publishes every batch and sweeps every partial pool once. Returns the pools returned.
+    pub(crate) fn trim(&mut self, cx: &Ctx<'_>) -> usize {
+        self.flush_batches(cx);
+        let n = self.partials;
+        self.sweep(n, cx)
+    }
+
     /// Gives up every pool (protocol 5). The cache is empty afterwards.
     pub(crate) fn abandon_all(&mut self, cx: &Ctx<'_>) {
+        self.flush_batches(cx);
         for class in 0..NUM_CLASSES {
             let cur = core::mem::replace(&mut self.classes[class].current, ptr::null_mut());
             if !cur.is_null() {
@@ -271,6 +537,11 @@ impl Cache {
                 unsafe { self.abandon_pool(p, class, cx) };
             }
         }
+        debug_assert_eq!(self.partials, 0);
+        debug_assert_eq!(self.held(), 0);
+        self.sweep_class = 0;
+        self.sweep_at = ptr::null_mut();
+        self.ticks = 0;
     }
 
     /// # Safety
@@ -282,23 +553,24 @@ impl Cache {
             loop {
                 collect(pool);
                 if (*pool).refs() == 0 {
-                    (*pool).shared.owner.store(0, Ordering::Relaxed);
-                    cx.central.return_pool(pool, cx.map);
+                    self.give_back(pool, cx);
                     return;
                 }
                 if !PoolHeader::is_full(pool, cx.geo) {
                     (*pool).shared.owner.store(0, Ordering::Relaxed);
+                    self.add_held(-1);
                     cx.central.push_abandoned(pool, class);
                     return;
                 }
                 if detach(pool, token) {
+                    self.add_held(-1);
                     return;
                 }
             }
         }
     }
 
-    /// Pools this cache owns.
+    /// Pools this cache owns, counted on its lists.
     pub(crate) fn pool_count(&self) -> usize {
         let mut n = 0;
         for cc in &self.classes {
@@ -310,6 +582,7 @@ impl Cache {
                 p = unsafe { (*p).nextpool };
             }
         }
+        debug_assert_eq!(n, self.held());
         n
     }
 
@@ -324,6 +597,7 @@ impl Cache {
             }
         }
         self.classes[class].partial = pool;
+        self.partials += 1;
     }
 
     fn pop_partial(&mut self, class: usize) -> *mut PoolHeader {
@@ -350,33 +624,33 @@ impl Cache {
             if !next.is_null() {
                 (*next).prevpool = prev;
             }
+            if self.sweep_at == pool {
+                // Keep the cursor on the list (null restarts it at the head).
+                self.sweep_at = next;
+            }
         }
+        self.partials -= 1;
     }
 }
 
-/// Frees a block of a pool the calling thread does not own (protocol 2). `cache` is the
-/// calling thread's cache of this heap, or null if it has none.
+/// Publishes the chain `head..tail` of `n` blocks on `pool`'s remote list (protocol 2).
+/// True if this cleared `DETACHED`, i.e. the caller received the pool (and must place it).
 ///
 /// # Safety
-/// `block` must be a live block of the claimed pool `pool`, and not used afterwards; `cache`
-/// must be null or a cache used only by the calling thread.
-pub(crate) unsafe fn remote_free(
-    pool: *mut PoolHeader,
-    block: *mut u8,
-    cache: *mut Cache,
-    cx: &Ctx<'_>,
-) {
+/// The chain's blocks must be live blocks of the claimed pool `pool`, held by the caller and
+/// linked from `head` to `tail`; none may be used afterwards.
+#[inline]
+unsafe fn publish(pool: *mut PoolHeader, head: *mut Block, tail: *mut Block, n: u32) -> bool {
     // SAFETY: the pool is claimed while it has a live block, so its shared line is valid.
     let remote = unsafe { &(*pool).shared.remote };
-    let b = block.cast::<Block>();
     let mut h = remote.load(Ordering::Relaxed);
     // Many threads freeing into one pool (producer/consumer) contend here: back off between
     // failed attempts (exponential spinning, never a yield or a sleep).
     let backoff = Backoff::new();
     loop {
-        // SAFETY: we own the block until the compare-exchange publishes it.
-        unsafe { (*b).next = (h & PTR_MASK) as *mut Block };
-        let new = b as usize | (((h >> COUNT_SHIFT) + 1) << COUNT_SHIFT);
+        // SAFETY: we own the chain until the compare-exchange publishes it.
+        unsafe { (*tail).next = (h & PTR_MASK) as *mut Block };
+        let new = head as usize | ((remote_count(h) as usize + n as usize) << COUNT_SHIFT);
         match remote.compare_exchange_weak(h, new, Ordering::Release, Ordering::Relaxed) {
             Ok(_) => break,
             Err(now) => {
@@ -387,16 +661,42 @@ pub(crate) unsafe fn remote_free(
     }
     if h & DETACHED != 0 {
         // We cleared DETACHED: the pool is handed over to us. Synchronise with the detaching
-        // owner's release so its header writes are visible, then adopt or publish it.
+        // owner's release so its header writes are visible.
         fence(Ordering::Acquire);
-        // SAFETY: we hold the pool; its class is stable; a non-null cache is ours alone.
-        unsafe {
-            let class = (*pool).class() as usize;
-            if cache.is_null() {
-                cx.central.push_abandoned(pool, class);
-            } else {
-                (*cache).take_over(pool, class, false, cx);
-            }
+        true
+    } else {
+        false
+    }
+}
+
+/// A received pool that no cache of ours will use: returned to its arena if every block is
+/// free, otherwise pushed onto the abandoned stack of its class (protocol 2).
+///
+/// # Safety
+/// The caller holds `pool` handed over (ownerless, on no list).
+unsafe fn publish_received(pool: *mut PoolHeader, cx: &Ctx<'_>) {
+    // SAFETY: we hold the pool.
+    unsafe {
+        collect(pool);
+        if (*pool).refs() == 0 {
+            cx.central.return_pool(pool, cx.map);
+        } else {
+            cx.central.push_abandoned(pool, (*pool).class() as usize);
+        }
+    }
+}
+
+/// Frees a block of a pool the calling thread does not own and has no cache to batch in
+/// (protocol 2, a batch of one).
+///
+/// # Safety
+/// `block` must be a live block of the claimed pool `pool`, and not used afterwards.
+pub(crate) unsafe fn remote_free_direct(pool: *mut PoolHeader, block: *mut u8, cx: &Ctx<'_>) {
+    let b = block.cast::<Block>();
+    // SAFETY: per the contract; a received pool is ours to place.
+    unsafe {
+        if publish(pool, b, b, 1) {
+            publish_received(pool, cx);
         }
     }
 }
@@ -435,6 +735,33 @@ pub(crate) unsafe fn collect(pool: *mut PoolHeader) -> u32 {
     }
 }
 
+/// If every block of `pool` is free (`ref_count` equals the remote count), takes the remote
+/// list away (acquire) and resets the pool to uncarved, so it can be returned without walking
+/// any list (protocol 8). True if it did.
+///
+/// # Safety
+/// The caller must own `pool`, which must not be detached.
+unsafe fn reclaim_if_free(pool: *mut PoolHeader, geo: &Geometry) -> bool {
+    // SAFETY: the caller owns the pool.
+    unsafe {
+        let p = &mut *pool;
+        let remote = &p.shared.remote;
+        let refs = p.refs();
+        if refs != remote_count(remote.load(Ordering::Relaxed)) {
+            return false;
+        }
+        if refs != 0 {
+            // No block is live, so no one else can publish: the list holds exactly `refs`.
+            let h = remote.swap(0, Ordering::Acquire);
+            debug_assert_eq!(remote_count(h), refs);
+            p.sub_ref(refs);
+        }
+        p.freeblock = ptr::null_mut();
+        p.nextoffset.store(geo.pool_overhead as u32, Relaxed);
+        true
+    }
+}
+
 /// The owner gives up a full pool (protocol 4). False if remote frees arrived first.
 ///
 /// # Safety
@@ -453,4 +780,37 @@ unsafe fn detach(pool: *mut PoolHeader, token: usize) -> bool {
             false
         }
     }
+}
+
+/// Returns every empty abandoned pool to its arena; pools with blocks in use go back on their
+/// stack. Returns the number of pools returned.
+pub(crate) fn trim_abandoned(cx: &Ctx<'_>) -> usize {
+    let mut returned = 0;
+    for class in 0..NUM_CLASSES {
+        let mut p = cx.central.take_abandoned(class);
+        while !p.is_null() {
+            // SAFETY: the swap handed every pool of the chain over to us; we give each one
+            // away exactly once (returned or pushed back) and do not touch it afterwards.
+            unsafe {
+                let next = (*p).shared.next_abandoned.load(Ordering::Relaxed);
+                if reclaim_if_free(p, cx.geo) {
+                    cx.central.return_pool(p, cx.map);
+                    returned += 1;
+                } else {
+                    cx.central.push_abandoned(p, class);
+                }
+                p = next;
+            }
+        }
+    }
+    returned
+}
+
+/// The heap's periodic maintenance: empty abandoned pools back to their arenas, then the
+/// arenas' free pools purged (all of them with `all`, else those free for a whole decay
+/// interval) and arenas whose pools are all free released. Returns the pools returned.
+pub(crate) fn maintenance(cx: &Ctx<'_>, all: bool) -> usize {
+    let n = trim_abandoned(cx);
+    cx.central.purge(cx.map, all);
+    n
 }

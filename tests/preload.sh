@@ -17,6 +17,8 @@ cc -O1 -pthread -o "$WORK/abi" tests/c/abi.c
 PY="$(python3 -c 'import sys; print(sys.executable)')"
 PY_TESTS=(test_dict test_list test_set test_unicode test_json test_pickle test_gc test_weakref
           test_thread test_threading_local test_queue test_collections test_re)
+# Items per producer for bench/pytrace/queue_soak.py at 1x; it also runs at 10x this.
+SOAK_N=8000
 
 run() { # mode, description, command...
     local mode="$1" what="$2"; shift 2
@@ -46,6 +48,25 @@ for mode in ft gil; do
     awk '/^# arenas highwater mark/ { gsub(",", "", $NF); if ($NF + 0 < 2) bad = 1; seen = 1 } END { exit (seen && !bad) ? 0 : 1 }' "$WORK/err" \
         || { echo "preload[$mode]: ftmalloc served no small object" >&2; exit 1; }
     echo "preload[$mode]: $(grep -m1 '^# arenas highwater mark' "$WORK/err" | tr -s ' ')"
+    # Cross-thread frees at scale: producers hand items through a queue.Queue to consumers that
+    # free them. The live set does not depend on the item count, so peak RSS at 10x the items
+    # must be at most 1.2x the peak at 1x (memory freed on other threads must be reused).
+    soak_rss=()
+    for n in "$SOAK_N" "$((SOAK_N * 10))"; do
+        run "$mode" "python3 (PYTHONMALLOC=malloc): bench/pytrace/queue_soak.py $n" \
+            env PYTHONMALLOC=malloc "$PY" bench/pytrace/queue_soak.py "$n"
+        rss="$(awk -v n="$n" '$1 == "queue_soak" && $2 == "items=" n && $3 ~ /^peak_rss_kib=[0-9]+$/ { sub("peak_rss_kib=", "", $3); print $3 }' "$WORK/out")"
+        [ -n "$rss" ] || { echo "preload[$mode]: FAILED: queue_soak.py $n printed no peak RSS line:" >&2; cat "$WORK/out" >&2; exit 1; }
+        soak_rss+=("$rss")
+    done
+    ratio="$(awk -v a="${soak_rss[0]}" -v b="${soak_rss[1]}" 'BEGIN { printf "%.2f", b / a }')"
+    awk -v a="${soak_rss[0]}" -v b="${soak_rss[1]}" 'BEGIN { exit (b <= 1.2 * a) ? 0 : 1 }' || {
+        echo "preload[$mode]: FAILED: queue_soak peak RSS grows with the item count:" \
+             "1x ($SOAK_N items) ${soak_rss[0]} KiB, 10x ($((SOAK_N * 10)) items) ${soak_rss[1]} KiB" \
+             "(${ratio}x, more than 1.2x): memory freed on other threads is not reused" >&2
+        exit 1
+    }
+    echo "preload[$mode]: queue_soak peak RSS 1x ${soak_rss[0]} KiB, 10x ${soak_rss[1]} KiB (${ratio}x)"
 done
 
 # A bad mode is refused with a message naming it.
