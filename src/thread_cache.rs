@@ -35,10 +35,12 @@
 //!    *Publishing* writes the tail's link, then compare-exchanges the remote word to
 //!    (head, count + n, no flags) with release. If the old word had `DETACHED`, this thread
 //!    cleared it and so *received* the pool (acquire fence): if its cache allocates that class
-//!    (has a `current` pool of it) it takes the pool over (stores its own token in `owner`,
-//!    collects, keeps it on its `partial` list); otherwise it collects it and returns it to its
-//!    arena if every block is free, or pushes it onto the abandoned stack of its class, where
-//!    any thread that allocates the class adopts it. Exactly one publication clears `DETACHED`
+//!    (has a `current` pool of it) and holds no spare pool of it (its `partial` list is empty),
+//!    it takes the pool over (stores its own token in `owner`, collects, keeps it on its
+//!    `partial` list, and sweeps two pools, protocol 8); otherwise it collects it and returns
+//!    it to its arena if every block is free, or pushes it onto the abandoned stack of its
+//!    class, where any thread that allocates the class adopts it. So a thread that only frees
+//!    (a consumer) never accumulates other threads' pools. Exactly one publication clears `DETACHED`
 //!    per detachment, so a full pool becomes reachable again exactly once, by exactly one thread.
 //!    Blocks in a batch stay counted in the pool's `ref_count`, so the pool cannot be returned
 //!    to its arena while a batch holds one of its blocks.
@@ -379,11 +381,15 @@ impl Cache {
         // SAFETY: we hold the pool; its class is stable while it has live blocks.
         unsafe {
             let class = (*pool).class() as usize;
-            if self.classes[class].current.is_null() {
-                // We do not allocate this class: let a thread that does adopt it.
+            let cc = self.classes[class];
+            if cc.current.is_null() || !cc.partial.is_null() {
+                // We do not allocate this class, or hold spare pools of it already: let a
+                // thread that needs one adopt it.
                 publish_received(pool, cx);
             } else {
                 self.take_over(pool, class, false, cx);
+                // Every pool we take pays for a look at two we hold (protocol 8).
+                self.sweep(2, cx);
             }
         }
     }
