@@ -179,9 +179,9 @@ impl Allocator {
         let map = ArenaMap::new(geo.arena_shift).unwrap_or_else(|| out_of_address_space());
         let front = match mode {
             Mode::Gil => Front::Gil(GilHeap::new(geo).unwrap_or_else(|| out_of_address_space())),
-            Mode::FreeThreaded => {
-                Front::Ft(FtHeap::new(geo, config.decay_ms).unwrap_or_else(|| out_of_address_space()))
-            }
+            Mode::FreeThreaded => Front::Ft(
+                FtHeap::new(geo, config.decay_ms).unwrap_or_else(|| out_of_address_space()),
+            ),
         };
         Ok(Allocator {
             geo,

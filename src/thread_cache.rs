@@ -8,7 +8,8 @@
 //!   `current` pool for its class or on its `partial` list. Only the owner touches the owner
 //!   line of the header (local free list, carve mark, `ref_count`, list links).
 //! - **detached**: the owner found it full and gave it up: `owner == 0`, the remote word holds
-//!   exactly the `DETACHED` flag, and the pool is on no list.
+//!   the `DETACHED` flag and, in its pointer bits, the token of the cache that detached it (its
+//!   remote list is empty), and the pool is on no list.
 //! - **abandoned**: `owner == 0`, it has free blocks, and it is on the central abandoned stack of
 //!   its class (pools of exited threads, and detached pools made usable by a remote free).
 //! - **handed over**: held by exactly one thread that is moving it between the states above
@@ -34,9 +35,9 @@
 //!    heap instances other than the process-wide one: they have no exit hook).
 //!    *Publishing* writes the tail's link, then compare-exchanges the remote word to
 //!    (head, count + n, no flags) with release. If the old word had `DETACHED`, this thread
-//!    cleared it and so *received* the pool (acquire fence): if its cache allocates that class
-//!    (has a `current` pool of it) and holds no spare pool of it (its `partial` list is empty),
-//!    it takes the pool over (stores its own token in `owner`, collects, keeps it on its
+//!    cleared it and so *received* the pool (acquire fence): if its cache is the one that
+//!    detached the pool (the word names it), or allocates that class (has a `current` pool of
+//!    it) and holds no spare pool of it (its `partial` list is empty), it takes the pool over (stores its own token in `owner`, collects, keeps it on its
 //!    `partial` list, and sweeps two pools, protocol 8); otherwise it collects it and returns
 //!    it to its arena if every block is free, or pushes it onto the abandoned stack of its
 //!    class, where any thread that allocates the class adopts it. So a thread that only frees
@@ -49,7 +50,7 @@
 //!    ABA. Blocks on the remote list are still counted in `ref_count`, so
 //!    `ref_count == remote count` means every block of the pool is free and none is in flight.
 //! 4. **Detach**: the owner of a full pool stores `owner = 0` and compare-exchanges the remote
-//!    word `0 -> DETACHED` (release). If the word was not 0, remote frees arrived: it restores
+//!    word `0 -> token | DETACHED` (release). If the word was not 0, remote frees arrived: it restores
 //!    `owner`, collects, and keeps allocating from the pool. Detaching never loses a block: a
 //!    block published before the compare-exchange makes it fail; one published after sees
 //!    `DETACHED`.
@@ -130,8 +131,9 @@ const NO_BATCH: Batch = Batch {
 };
 
 /// One thread's (or one handle's) pools. Lives in the heap's cache table; its address is the
-/// owner token written into the pools it owns. All-zero bytes are an empty cache.
-#[repr(C)]
+/// owner token written into the pools it owns (64-aligned, so a token fits the pointer bits of
+/// a remote word). All-zero bytes are an empty cache.
+#[repr(C, align(64))]
 pub(crate) struct Cache {
     classes: [ClassCache; NUM_CLASSES],
     batches: [Batch; BATCH_SLOTS],
@@ -373,23 +375,24 @@ impl Cache {
         }
     }
 
-    /// A detached pool handed to this cache by one of its publications (protocol 2).
+    /// A detached pool handed to this cache by one of its publications (protocol 2); `former`
+    /// is the token of the cache that detached it.
     ///
     /// # Safety
     /// The caller cleared `DETACHED` of `pool` (and issued the acquire fence).
-    unsafe fn receive(&mut self, pool: *mut PoolHeader, cx: &Ctx<'_>) {
+    unsafe fn receive(&mut self, pool: *mut PoolHeader, former: usize, cx: &Ctx<'_>) {
         // SAFETY: we hold the pool; its class is stable while it has live blocks.
         unsafe {
             let class = (*pool).class() as usize;
             let cc = self.classes[class];
-            if cc.current.is_null() || !cc.partial.is_null() {
-                // We do not allocate this class, or hold spare pools of it already: let a
-                // thread that needs one adopt it.
-                publish_received(pool, cx);
-            } else {
+            if former == self.token() || (!cc.current.is_null() && cc.partial.is_null()) {
                 self.take_over(pool, class, false, cx);
                 // Every pool we take pays for a look at two we hold (protocol 8).
                 self.sweep(2, cx);
+            } else {
+                // We do not allocate this class, or hold spare pools of it already: let a
+                // thread that needs one adopt it.
+                publish_received(pool, cx);
             }
         }
     }
@@ -425,8 +428,9 @@ impl Cache {
         if !self.batching {
             // SAFETY: per the contract; a received pool is placed by this cache.
             unsafe {
-                if publish(pool, b, b, 1) {
-                    self.receive(pool, cx);
+                let former = publish(pool, b, b, 1);
+                if former != 0 {
+                    self.receive(pool, former, cx);
                 }
             }
             return;
@@ -466,8 +470,9 @@ impl Cache {
         // SAFETY: the batch's blocks are live blocks of the claimed pool `b.pool` that this
         // cache freed and nobody else holds; its chain runs from head to tail.
         unsafe {
-            if publish(b.pool, b.head, b.tail, b.count) {
-                self.receive(b.pool, cx);
+            let former = publish(b.pool, b.head, b.tail, b.count);
+            if former != 0 {
+                self.receive(b.pool, former, cx);
             }
         }
     }
@@ -640,13 +645,14 @@ impl Cache {
 }
 
 /// Publishes the chain `head..tail` of `n` blocks on `pool`'s remote list (protocol 2).
-/// True if this cleared `DETACHED`, i.e. the caller received the pool (and must place it).
+/// If this cleared `DETACHED`, i.e. the caller received the pool (and must place it), returns
+/// the token of the cache that detached it; otherwise 0.
 ///
 /// # Safety
 /// The chain's blocks must be live blocks of the claimed pool `pool`, held by the caller and
 /// linked from `head` to `tail`; none may be used afterwards.
 #[inline]
-unsafe fn publish(pool: *mut PoolHeader, head: *mut Block, tail: *mut Block, n: u32) -> bool {
+unsafe fn publish(pool: *mut PoolHeader, head: *mut Block, tail: *mut Block, n: u32) -> usize {
     // SAFETY: the pool is claimed while it has a live block, so its shared line is valid.
     let remote = unsafe { &(*pool).shared.remote };
     let mut h = remote.load(Ordering::Relaxed);
@@ -654,8 +660,10 @@ unsafe fn publish(pool: *mut PoolHeader, head: *mut Block, tail: *mut Block, n: 
     // failed attempts (exponential spinning, never a yield or a sleep).
     let backoff = Backoff::new();
     loop {
+        // A detached word's pointer bits name the detaching cache; its list is empty.
+        let link = if h & DETACHED != 0 { 0 } else { h & PTR_MASK };
         // SAFETY: we own the chain until the compare-exchange publishes it.
-        unsafe { (*tail).next = (h & PTR_MASK) as *mut Block };
+        unsafe { (*tail).next = link as *mut Block };
         let new = head as usize | ((remote_count(h) as usize + n as usize) << COUNT_SHIFT);
         match remote.compare_exchange_weak(h, new, Ordering::Release, Ordering::Relaxed) {
             Ok(_) => break,
@@ -669,9 +677,9 @@ unsafe fn publish(pool: *mut PoolHeader, head: *mut Block, tail: *mut Block, n: 
         // We cleared DETACHED: the pool is handed over to us. Synchronise with the detaching
         // owner's release so its header writes are visible.
         fence(Ordering::Acquire);
-        true
+        h & PTR_MASK
     } else {
-        false
+        0
     }
 }
 
@@ -701,7 +709,7 @@ pub(crate) unsafe fn remote_free_direct(pool: *mut PoolHeader, block: *mut u8, c
     let b = block.cast::<Block>();
     // SAFETY: per the contract; a received pool is ours to place.
     unsafe {
-        if publish(pool, b, b, 1) {
+        if publish(pool, b, b, 1) != 0 {
             publish_received(pool, cx);
         }
     }
@@ -778,7 +786,7 @@ unsafe fn detach(pool: *mut PoolHeader, token: usize) -> bool {
     shared.owner.store(0, Ordering::Relaxed);
     match shared
         .remote
-        .compare_exchange(0, DETACHED, Ordering::Release, Ordering::Relaxed)
+        .compare_exchange(0, token | DETACHED, Ordering::Release, Ordering::Relaxed)
     {
         Ok(_) => true,
         Err(_) => {

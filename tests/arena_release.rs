@@ -173,3 +173,157 @@ fn released_arenas_are_reused_without_growing_the_peak() {
         }
     }
 }
+
+/// A pool whose last blocks are freed by other threads sits on its owner's partial list with
+/// every block on its remote list; no local free brings its count to zero. The owner's sweep
+/// (at its slow moments, here every 64th time its current pool empties) must find it and return
+/// it to its arena. (The review's retention reproduction: before the sweep, the cache kept 20
+/// pools with nothing in use, 5 arenas stayed mapped, and `trim()` returned 0.)
+#[test]
+fn pools_emptied_by_remote_frees_return_to_their_arenas() {
+    let a = Allocator::with_config(Mode::FreeThreaded, ftmalloc::Config::new(1024, 4096)).unwrap();
+    let g = *a.geometry();
+    let mut owner = a.thread_cache().unwrap();
+    let classes: Vec<usize> = (1..=10).collect();
+    let mut remote = Vec::new();
+    let mut keep = Vec::new();
+    // SAFETY: every block is live until freed once, below.
+    unsafe {
+        for &c in &classes {
+            let l = Layout::from_size_align(16 * (c + 1), 16).unwrap();
+            let cap = g.blocks_per_pool(c);
+            let blocks: Vec<*mut u8> = (0..cap).map(|_| owner.alloc(l)).collect(); // pool P full
+            let extra = owner.alloc(l); // detaches P, claims Q (current)
+            owner.free(blocks[0]); // the owner's own free receives P: onto its partial list
+            remote.extend(blocks[1..].iter().map(|&p| p as usize)); // the rest of P: remote
+            keep.push((extra as usize, l));
+        }
+    }
+    owner.flush();
+    assert_eq!(owner.pools(), 2 * classes.len());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for &p in &remote {
+                // SAFETY: each block freed once, by a thread that does not own its pool.
+                unsafe { a.free(p as *mut u8) }
+            }
+        });
+    });
+    // SAFETY: as above; each pair allocates and frees one block of a current pool.
+    unsafe {
+        for &(p, _) in &keep {
+            owner.free(p as *mut u8);
+        }
+        for _ in 0..1_000 {
+            for &(_, l) in &keep {
+                let p = owner.alloc(l);
+                owner.free(p);
+            }
+        }
+    }
+    let s = a.stats();
+    assert_eq!(s.blocks_in_use(), 0, "{s}");
+    assert_eq!(
+        owner.pools(),
+        classes.len(),
+        "pools emptied by remote frees are still held (only the current pools may stay):\n{s}"
+    );
+    assert_eq!(
+        s.dirty_pools + s.pools_purged as usize,
+        classes.len(),
+        "{s}"
+    );
+    drop(owner);
+    let s = a.stats();
+    assert!(s.counters.current <= 1, "{s}");
+    assert_eq!(s.total(), s.mapped_bytes());
+}
+
+/// Set in the child that measures purging.
+const CHILD_PURGE: &str = "FTMALLOC_PURGE_CHILD";
+
+/// Free pools inside arenas that stay mapped give their pages back after the decay interval,
+/// on the allocator's next slow path (no thread of its own), and at once on `trim()`.
+#[test]
+fn free_pools_are_purged_after_the_decay() {
+    if std::env::var_os(CHILD_PURGE).is_none() {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "free_pools_are_purged_after_the_decay",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_PURGE, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    const DECAY_MS: u64 = 50;
+    let a = Allocator::with_config(
+        Mode::FreeThreaded,
+        ftmalloc::Config::PYMALLOC.with_decay_ms(DECAY_MS),
+    )
+    .unwrap();
+    let mut blocks = Vec::with_capacity(LOAD / BLOCK);
+    for round in 0..2 {
+        fill(&a, &mut blocks);
+        let full = rss();
+        // Keep the first block of every arena, so no arena can be released: only purging can
+        // give their free pools' pages back.
+        let mut kept = BTreeSet::new();
+        let mut keep = Vec::new();
+        for (i, p) in blocks.drain(..).enumerate() {
+            if kept.insert(a.geometry().arena_of(p as usize)) {
+                keep.push(p);
+            } else {
+                // SAFETY: p is live, from `a`.
+                unsafe { *p = i as u8 };
+                unsafe { a.dealloc(p, lay()) };
+            }
+        }
+        let freed = rss();
+        let s = a.stats();
+        assert!(s.dirty_pools >= 100, "round {round}: {s}");
+        assert!(s.counters.current >= 3, "round {round}: {s}");
+        if round == 0 {
+            // Decay: two passes (a pool is purged after it stayed free for a whole interval),
+            // each run by an allocation slow path once the interval has passed.
+            for size in [496, 480] {
+                std::thread::sleep(std::time::Duration::from_millis(3 * DECAY_MS));
+                let l = Layout::from_size_align(size, 16).unwrap();
+                // SAFETY: a fresh pool of a class not used before: the slow path; freed at once.
+                unsafe {
+                    let p = a.alloc(l);
+                    a.dealloc(p, l);
+                }
+            }
+        } else {
+            assert!(a.trim() <= 1);
+        }
+        let purged = rss();
+        let s = a.stats();
+        println!("round {round}: RSS {full} (full) -> {freed} (freed) -> {purged} (purged)");
+        assert!(
+            s.dirty_pools <= 1,
+            "round {round}: free pools still resident:\n{s}"
+        );
+        assert!(s.pools_purged >= 150, "round {round}: {s}");
+        assert!(
+            freed.saturating_sub(purged) >= 2 << 20,
+            "round {round}: RSS {full} (full) -> {freed} (freed) -> {purged} (purged): less than \
+             2 MiB given back\n{s}"
+        );
+        for p in keep {
+            // SAFETY: p is live, from `a`.
+            unsafe { a.dealloc(p, lay()) };
+        }
+    }
+}
