@@ -88,8 +88,10 @@ pub(crate) struct ArenaDesc {
     base: AtomicUsize,
     inited: AtomicU64,
     pins: AtomicUsize,
-    dirty: AtomicU64,
-    aged: AtomicU64,
+    /// Hints only (protocol step 6: a purge claims before it touches), so `core` atomics,
+    /// outside the loom facade: loom need not interleave them.
+    dirty: core::sync::atomic::AtomicU64,
+    aged: core::sync::atomic::AtomicU64,
 }
 
 impl ArenaDesc {
@@ -100,8 +102,8 @@ impl ArenaDesc {
             base: AtomicUsize::new(VACANT),
             inited: AtomicU64::new(0),
             pins: AtomicUsize::new(0),
-            dirty: AtomicU64::new(0),
-            aged: AtomicU64::new(0),
+            dirty: core::sync::atomic::AtomicU64::new(0),
+            aged: core::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -256,8 +258,8 @@ impl Central {
             return ptr::null_mut();
         }
         d.inited.store(0, Ordering::Relaxed);
-        d.dirty.store(0, Ordering::Relaxed);
-        d.aged.store(0, Ordering::Relaxed);
+        d.dirty.store(0, core::sync::atomic::Ordering::Relaxed);
+        d.aged.store(0, core::sync::atomic::Ordering::Relaxed);
         d.base.store(base as usize, Ordering::Relaxed);
         self.hwm.fetch_max(i + 1, Ordering::AcqRel);
         let now = self.mapped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -284,7 +286,8 @@ impl Central {
             // SAFETY: we hold the pool (caller's contract), so its pages are ours to purge.
             unsafe { self.purge_held(d, base, 1u64 << bit) };
         } else {
-            d.dirty.fetch_or(1u64 << bit, Ordering::Relaxed);
+            d.dirty
+                .fetch_or(1u64 << bit, core::sync::atomic::Ordering::Relaxed);
         }
         let before = d.free.fetch_or(1u64 << bit, Ordering::Release);
         if before | (1u64 << bit) == self.all {
@@ -351,11 +354,12 @@ impl Central {
         let hwm = self.hwm.load(Ordering::Acquire);
         for i in 0..hwm {
             let d = self.desc(i);
-            let fresh = d.dirty.swap(0, Ordering::Relaxed);
+            use core::sync::atomic::Ordering::Relaxed;
+            let fresh = d.dirty.swap(0, Relaxed);
             let cand = if all {
-                fresh | d.aged.swap(0, Ordering::Relaxed)
+                fresh | d.aged.swap(0, Relaxed)
             } else {
-                d.aged.swap(fresh, Ordering::Relaxed)
+                d.aged.swap(fresh, Relaxed)
             };
             let mut m = d.free.load(Ordering::Relaxed);
             if cand != 0 {
@@ -490,7 +494,8 @@ impl Central {
             if base > DYING {
                 let free = d.free.load(Ordering::Acquire);
                 let inited = d.inited.load(Ordering::Acquire);
-                let dirty = d.dirty.load(Ordering::Relaxed) | d.aged.load(Ordering::Relaxed);
+                let dirty = d.dirty.load(core::sync::atomic::Ordering::Relaxed)
+                    | d.aged.load(core::sync::atomic::Ordering::Relaxed);
                 for bit in 0..self.geo.pools_per_arena {
                     let pool = if inited & (1u64 << bit) != 0 {
                         (base + bit * self.geo.pool_size) as *const PoolHeader

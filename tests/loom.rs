@@ -12,14 +12,26 @@ use std::alloc::Layout;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-/// Runs `f` under loom and reports how many interleavings were explored.
+/// Stack of every model thread: loom's default (32 KiB) is too small for the allocator's
+/// paths with debug assertions on.
+const STACK: usize = 1 << 20;
+
+/// Spawns a model thread with a [`STACK`]-sized stack.
+fn spawn<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
+    thread::Builder::new().stack_size(STACK).spawn(f).unwrap()
+}
+
+/// Runs `f` under loom (in a model thread with a [`STACK`]-sized stack) and reports how many
+/// interleavings were explored.
 fn model<F: Fn() + Sync + Send + 'static>(name: &str, f: F) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let runs = Arc::new(AtomicUsize::new(0));
     let r = runs.clone();
+    let f = Arc::new(f);
     loom::model(move || {
         r.fetch_add(1, Ordering::Relaxed);
-        f();
+        let f = f.clone();
+        spawn(move || f()).join().unwrap();
     });
     eprintln!(
         "loom model {name}: {} interleavings explored",
@@ -93,7 +105,7 @@ fn remote_free_vs_owner_collecting() {
         let blocks: Vec<usize> = (0..4).map(|_| unsafe { owner.alloc(l) } as usize).collect();
         let remote = [blocks[0], blocks[1]];
         let a2 = a.clone();
-        let t = thread::spawn(move || {
+        let t = spawn(move || {
             for p in remote {
                 // SAFETY: freed once, by this thread (a remote free).
                 unsafe { a2.free(p as *mut u8) };
@@ -149,7 +161,7 @@ fn remote_free_into_full_pool_vs_owner_allocating() {
             let blocks = fill_one_pool(&mut owner, l);
             let freed = blocks[2];
             let a2 = a.clone();
-            let t = thread::spawn(move || {
+            let t = spawn(move || {
                 // SAFETY: freed once (a remote free into a full pool).
                 unsafe { a2.free(freed as *mut u8) };
             });
@@ -192,8 +204,9 @@ fn remote_free_into_full_pool_vs_owner_allocating() {
     );
 }
 
-/// (f) As (b), but the remote freer has a cache of its own: when its free clears `DETACHED` it
-/// receives the pool and takes it over into that cache instead of publishing it.
+/// (f) As (b), but the remote freer has a cache of its own that allocates the class: its free
+/// goes into a batch, and when the batch's publication clears `DETACHED` it receives the pool
+/// and takes it over into that cache instead of publishing it.
 #[test]
 fn remote_free_with_a_cache_into_full_pool_vs_owner_allocating() {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -209,34 +222,40 @@ fn remote_free_with_a_cache_into_full_pool_vs_owner_allocating() {
             let freed = blocks[2];
             // SAFETY: `a` outlives the handle: it is joined back and dropped below.
             let mut freer = unsafe { detached_handle(&a) };
-            let t = thread::spawn(move || {
-                // SAFETY: freed once, through a cache that does not own the pool.
+            // The freer allocates this class too (it has a current pool of its own).
+            // SAFETY: fresh block, freed in `drain`.
+            let mine = unsafe { freer.alloc(l) } as usize;
+            let t = spawn(move || {
+                // SAFETY: freed once, through a cache that does not own the pool; the batch
+                // of one is published by the flush.
                 unsafe { freer.free(freed as *mut u8) };
+                freer.flush();
                 freer
             });
             // SAFETY: fresh block.
             let extra = unsafe { owner.alloc(l) } as usize;
             let mut freer = t.join().unwrap();
-            let mut live = vec![blocks[0], blocks[1], blocks[3], extra];
+            let mut live = vec![blocks[0], blocks[1], blocks[3], extra, mine];
             check(&a, &live);
             // Nothing is published: the pool went back to its owner or over to the freer.
             assert_eq!(a.stats().abandoned_pools, 0);
             if extra == freed {
                 COLLECTED.fetch_add(1, Ordering::Relaxed);
-                assert_eq!(freer.pools(), 0, "the freer took a pool it did not receive");
+                assert_eq!(freer.pools(), 1, "the freer took a pool it did not receive");
             } else {
                 TAKEN_OVER.fetch_add(1, Ordering::Relaxed);
-                // The freer received the detached pool: it owns it and gets the block back.
+                // The freer received the detached pool: it owns it and gets the block back
+                // once its own pool's three other blocks are handed out.
                 assert_eq!(
                     freer.pools(),
-                    1,
+                    2,
                     "the received pool is lost:\n{}",
                     a.stats()
                 );
-                // SAFETY: fresh block.
-                let p = unsafe { freer.alloc(l) } as usize;
-                assert_eq!(p, freed);
-                live.push(p);
+                // SAFETY: fresh blocks.
+                let got: Vec<usize> = (0..4).map(|_| unsafe { freer.alloc(l) } as usize).collect();
+                assert!(got.contains(&freed), "the freed block was lost");
+                live.extend(got);
             }
             check(&a, &live);
             drop(freer);
@@ -252,6 +271,173 @@ fn remote_free_with_a_cache_into_full_pool_vs_owner_allocating() {
         TAKEN_OVER.load(Ordering::Relaxed) > 0,
         "no interleaving handed the pool to the freer"
     );
+}
+
+/// (g) A batch of two remote frees, published with one compare-exchange by a cache that does
+/// not allocate the class, races with the owner of the full pool allocating: the owner collects
+/// both blocks, or detaches the pool and the publication receives it and, as the receiver does
+/// not allocate the class, pushes it onto the abandoned stack, where another cache adopts it.
+#[test]
+fn batched_publication_vs_owner_collecting_or_detaching() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static COLLECTED: AtomicUsize = AtomicUsize::new(0);
+    static PUBLISHED: AtomicUsize = AtomicUsize::new(0);
+    model(
+        "g: batched publication vs owner collecting or detaching",
+        || {
+            let (a, l) = tiny_heap();
+            let mut owner = a.thread_cache().unwrap();
+            let blocks = fill_one_pool(&mut owner, l);
+            let freed = [blocks[1], blocks[2]];
+            // SAFETY: `a` outlives the handle: it is joined back and dropped below.
+            let mut freer = unsafe { detached_handle(&a) };
+            let t = spawn(move || {
+                // SAFETY: each freed once; both wait in one batch until the flush publishes it.
+                unsafe {
+                    freer.free(freed[0] as *mut u8);
+                    freer.free(freed[1] as *mut u8);
+                }
+                freer.flush();
+                freer
+            });
+            // SAFETY: fresh block.
+            let extra = unsafe { owner.alloc(l) } as usize;
+            let freer = t.join().unwrap();
+            assert_eq!(
+                freer.pools(),
+                0,
+                "a cache that does not allocate the class kept a pool"
+            );
+            drop(freer);
+            let mut live = vec![blocks[0], blocks[3], extra];
+            check(&a, &live);
+            let s = a.stats();
+            if freed.contains(&extra) {
+                COLLECTED.fetch_add(1, Ordering::Relaxed);
+                assert_eq!(s.abandoned_pools, 0, "{s}");
+                // The other block came with the same collection.
+                // SAFETY: fresh block.
+                let p = unsafe { owner.alloc(l) } as usize;
+                assert!(freed.contains(&p) && p != extra);
+                live.push(p);
+            } else {
+                PUBLISHED.fetch_add(1, Ordering::Relaxed);
+                assert_eq!(
+                    s.abandoned_pools, 1,
+                    "the received pool is unreachable:\n{s}"
+                );
+                let mut other = a.thread_cache().unwrap();
+                // SAFETY: fresh blocks.
+                let got: Vec<usize> = (0..2).map(|_| unsafe { other.alloc(l) } as usize).collect();
+                assert!(
+                    freed.iter().all(|f| got.contains(f)),
+                    "a batched block was lost"
+                );
+                live.extend(got);
+                drop(other);
+            }
+            check(&a, &live);
+            drop(owner);
+            drain(&a, live, l);
+        },
+    );
+    assert!(
+        COLLECTED.load(Ordering::Relaxed) > 0,
+        "no interleaving collected the batch"
+    );
+    assert!(
+        PUBLISHED.load(Ordering::Relaxed) > 0,
+        "no interleaving published the pool"
+    );
+}
+
+/// (h) A purge (`trim`: claim every free returned pool, give its pages back, clear its header
+/// bit, return it) races with a cache claiming a pool and writing a block: no pool is used by
+/// both, and a pool claimed after its purge gets a fresh header.
+#[test]
+fn purge_vs_claim() {
+    model("h: purge vs claim", || {
+        let (a, l) = tiny_heap();
+        // Two pools of the first arena become free and dirty (returned, not purged); a third
+        // keeps a block so the arena stays mapped.
+        let mut tc = a.thread_cache().unwrap();
+        // SAFETY: blocks are live until freed once.
+        let blocks: Vec<usize> = (0..9).map(|_| unsafe { tc.alloc(l) } as usize).collect();
+        let kept = blocks[8];
+        for &p in &blocks[..8] {
+            // SAFETY: freed once, by the owner: the two full pools return to the arena.
+            unsafe { tc.free(p as *mut u8) };
+        }
+        drop(tc);
+        assert!(a.stats().dirty_pools >= 2, "{}", a.stats());
+        let a1 = a.clone();
+        let purger = spawn(move || {
+            a1.trim();
+        });
+        let a2 = a.clone();
+        let claimer = spawn(move || {
+            let mut tc = a2.thread_cache().unwrap();
+            // SAFETY: fresh block; written whole to prove it is ours and mapped.
+            let p = unsafe { tc.alloc(l) };
+            assert!(!p.is_null());
+            // SAFETY: p is a fresh block of l.size() bytes.
+            unsafe { p.write_bytes(0x5A, l.size()) };
+            drop(tc);
+            p as usize
+        });
+        purger.join().unwrap();
+        let p = claimer.join().unwrap();
+        // SAFETY: p is live.
+        assert_eq!(unsafe { *(p as *const u8) }, 0x5A);
+        let live = vec![kept, p];
+        check(&a, &live);
+        drain(&a, live, l);
+    });
+}
+
+/// (i) The owner sweeps its partial pools while another thread frees the last live block of
+/// one of them: the pool is returned to its arena exactly once, by this sweep or the next.
+#[test]
+fn sweep_vs_remote_free() {
+    model("i: sweep vs remote free", || {
+        let (a, l) = tiny_heap();
+        // SAFETY: `a` outlives the handle: it is joined back and dropped below.
+        let mut owner = unsafe { detached_handle(&a) };
+        let blocks = fill_one_pool(&mut owner, l);
+        // SAFETY: fresh block: the full pool is detached, a second pool becomes current.
+        let extra = unsafe { owner.alloc(l) } as usize;
+        // SAFETY: each freed once. The first free receives the detached pool back (its word
+        // names this cache); the next two are local frees.
+        unsafe {
+            owner.free(blocks[0] as *mut u8);
+            owner.flush();
+            owner.free(blocks[1] as *mut u8);
+            owner.free(blocks[2] as *mut u8);
+        }
+        assert_eq!(owner.pools(), 2);
+        let last = blocks[3];
+        let a1 = a.clone();
+        let freer = spawn(move || {
+            // SAFETY: freed once, remotely.
+            unsafe { a1.free(last as *mut u8) };
+        });
+        let owner = spawn(move || {
+            owner.trim();
+            owner
+        });
+        freer.join().unwrap();
+        let mut owner = owner.join().unwrap();
+        owner.trim();
+        assert_eq!(
+            owner.pools(),
+            1,
+            "a pool emptied remotely stayed with its owner"
+        );
+        let live = vec![extra];
+        check(&a, &live);
+        drop(owner);
+        drain(&a, live, l);
+    });
 }
 
 /// (c) Two threads claim pools while the arena they would claim from is being released.
@@ -275,7 +461,7 @@ fn pool_claims_vs_arena_release() {
         let rb = unsafe { r.alloc(l) } as usize;
         assert_eq!(a.stats().counters.current, 2);
         let a1 = a.clone();
-        let releaser = thread::spawn(move || {
+        let releaser = spawn(move || {
             // SAFETY: r's block, freed once; dropping r returns its empty pool and may
             // release the arena.
             unsafe { r.free(rb as *mut u8) };
@@ -285,7 +471,7 @@ fn pool_claims_vs_arena_release() {
         let claimers: Vec<_> = (0..2)
             .map(|_| {
                 let a = a.clone();
-                thread::spawn(move || {
+                spawn(move || {
                     let mut tc = a.thread_cache().unwrap();
                     // SAFETY: fresh block; written to prove its memory is mapped.
                     let p = unsafe { tc.alloc(l) };
@@ -330,11 +516,11 @@ fn abandonment_vs_remote_free() {
                 let freed = blocks[0];
                 let a1 = a.clone();
                 let a2 = a.clone();
-                let exiting = thread::spawn(move || {
+                let exiting = spawn(move || {
                     drop(tc);
                     drop(a1);
                 });
-                let freer = thread::spawn(move || {
+                let freer = spawn(move || {
                     // SAFETY: freed once.
                     unsafe { a2.free(freed as *mut u8) };
                 });
@@ -378,7 +564,7 @@ fn two_adopters() {
         let adopters: Vec<_> = (0..2)
             .map(|_| {
                 let a = a.clone();
-                thread::spawn(move || {
+                spawn(move || {
                     let mut tc = a.thread_cache().unwrap();
                     // SAFETY: fresh blocks.
                     let got: Vec<usize> = (0..2).map(|_| unsafe { tc.alloc(l) } as usize).collect();

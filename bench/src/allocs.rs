@@ -7,7 +7,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
-use ftmalloc::{Allocator, Mode};
+use ftmalloc::{Allocator, FtMalloc, Mode};
 use mimalloc::MiMalloc;
 use tikv_jemallocator::Jemalloc;
 
@@ -60,7 +60,7 @@ macro_rules! via_global_alloc {
     )*};
 }
 
-via_global_alloc!(System, MiMalloc, Jemalloc);
+via_global_alloc!(System, MiMalloc, Jemalloc, FtMalloc);
 
 /// The allocators the harness knows, in the order tables and plots show them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -124,6 +124,23 @@ impl AllocName {
         }
     }
 
+    /// The allocator as a program gets it, for a process that runs one cell: for ftmalloc the
+    /// process-wide heap behind `FtMalloc` (its threads bind to caches through the
+    /// thread-local, batch their remote frees, and give their caches up at thread exit), in
+    /// the mode set here through `FTMALLOC_MODE` before its first use; the others as
+    /// [`instantiate`](Self::instantiate). `None` when unavailable, or when the process-wide
+    /// heap was already built in another mode.
+    pub fn instantiate_process_wide(self) -> Option<Heap> {
+        let mode = match self {
+            AllocName::Gil => Mode::Gil,
+            AllocName::Ft => Mode::from_name("ft")?,
+            _ => return self.instantiate(),
+        };
+        // The caller is single-threaded here (the harness child, before any worker starts).
+        std::env::set_var("FTMALLOC_MODE", mode.name());
+        (FtMalloc::instance().mode() == mode).then_some(Heap::ProcessWide(FtMalloc))
+    }
+
     /// A fresh instance, or `None` when [`unavailable`](Self::unavailable).
     pub fn instantiate(self) -> Option<Heap> {
         Some(match self {
@@ -149,6 +166,8 @@ pub enum Heap {
     Mimalloc(MiMalloc),
     /// jemalloc.
     Jemalloc(Jemalloc),
+    /// ftmalloc's process-wide heap, in either mode.
+    ProcessWide(FtMalloc),
 }
 
 /// `with_heap!(heap, a => expr)` evaluates `expr` with `a` bound to the concrete allocator
@@ -160,6 +179,7 @@ macro_rules! with_heap {
             $crate::allocs::Heap::System($a) => $body,
             $crate::allocs::Heap::Mimalloc($a) => $body,
             $crate::allocs::Heap::Jemalloc($a) => $body,
+            $crate::allocs::Heap::ProcessWide($a) => $body,
         }
     };
 }

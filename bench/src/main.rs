@@ -309,7 +309,7 @@ mod child {
             eprintln!("error: unknown workload '{workload}' or allocator '{allocator}'");
             return ExitCode::from(2);
         };
-        let Some(heap) = a.instantiate() else {
+        let Some(heap) = a.instantiate_process_wide() else {
             eprintln!("error: allocator '{allocator}' is unavailable in this build");
             return ExitCode::from(3);
         };
