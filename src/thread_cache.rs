@@ -45,8 +45,9 @@
 //!    per detachment, so a full pool becomes reachable again exactly once, by exactly one thread.
 //!    Blocks in a batch stay counted in the pool's `ref_count`, so the pool cannot be returned
 //!    to its arena while a batch holds one of its blocks.
-//! 3. **Collection**: the owner takes the whole remote list with one `swap(0)` (acquire), splices
-//!    it into its local list and subtracts its count from `ref_count`. A swap-all list has no
+//! 3. **Collection**: the owner of a pool whose local list ran dry takes the whole remote list
+//!    with one `swap(0)` (acquire) as its new local list and subtracts its count from
+//!    `ref_count` (nothing is walked). Pools changing hands keep their remote list until then. A swap-all list has no
 //!    ABA. Blocks on the remote list are still counted in `ref_count`, so
 //!    `ref_count == remote count` means every block of the pool is free and none is in flight.
 //! 4. **Detach**: the owner of a full pool stores `owner = 0` and compare-exchanges the remote
@@ -55,13 +56,13 @@
 //!    block published before the compare-exchange makes it fail; one published after sees
 //!    `DETACHED`.
 //! 5. **Abandon** (a cache is dropped: thread exit or a [`ThreadCache`](crate::ThreadCache)
-//!    handle dropped): its batches are published, then each owned pool is collected, then
-//!    returned to its arena if empty, pushed onto the abandoned stack if it has a free block, or
-//!    detached if full. A remote free racing with this lands on the remote list, where the next
+//!    handle dropped): its batches are published, then each owned pool is returned to its arena
+//!    if every block is free, pushed onto the abandoned stack (remote list and all) if it has a
+//!    free block, or, if full, collected, or detached when nothing arrived. A remote free racing with this lands on the remote list, where the next
 //!    owner collects it.
 //! 6. **Adopt**: a cache that needs a pool of class `c` swaps the whole abandoned stack of `c`
-//!    (acquire), takes ownership of every pool on it (stores `owner`, then collects) and keeps
-//!    them on its `partial` list; two adopters at once get disjoint sets (one of them nothing).
+//!    (acquire), takes ownership of every pool on it (stores `owner`; returns those whose blocks
+//!    are all free but one) and keeps them on its `partial` list; two adopters at once get disjoint sets (one of them nothing).
 //! 7. **Return**: an owned pool whose `ref_count` drops to 0 by a local free goes back to its
 //!    arena (`central`), unless it is the cache's `current` pool for its class (kept, to avoid
 //!    claiming and returning a pool on every alloc/free pair).
@@ -360,12 +361,17 @@ impl Cache {
         keep_empty: bool,
         cx: &Ctx<'_>,
     ) -> bool {
-        // SAFETY: per the contract the pool is ours to own.
+        // SAFETY: per the contract the pool is ours to own. Its remote list is collected now
+        // if the local list is empty (a received pool: it was full), so that our own frees can
+        // bring `ref_count` to 0; otherwise it stays until the local list runs dry (collect
+        // never walks a list).
         unsafe {
             (*pool).shared.owner.store(self.token(), Ordering::Relaxed);
             self.add_held(1);
-            collect(pool);
-            if (*pool).refs() == 0 && !keep_empty {
+            if (*pool).freeblock.is_null() {
+                collect(pool);
+            }
+            if !keep_empty && reclaim_if_free(pool, cx.geo) {
                 self.give_back(pool, cx);
                 false
             } else {
@@ -562,16 +568,20 @@ impl Cache {
         // SAFETY: we own the pool until one of the hand-overs below.
         unsafe {
             loop {
-                collect(pool);
-                if (*pool).refs() == 0 {
+                if reclaim_if_free(pool, cx.geo) {
                     self.give_back(pool, cx);
                     return;
                 }
                 if !PoolHeader::is_full(pool, cx.geo) {
+                    // Its remote list goes with it; the adopter collects it.
                     (*pool).shared.owner.store(0, Ordering::Relaxed);
                     self.add_held(-1);
                     cx.central.push_abandoned(pool, class);
                     return;
+                }
+                // Full: the local list is empty, so collecting walks nothing.
+                if collect(pool) > 0 {
+                    continue;
                 }
                 if detach(pool, token) {
                     self.add_held(-1);
@@ -691,8 +701,7 @@ unsafe fn publish(pool: *mut PoolHeader, head: *mut Block, tail: *mut Block, n: 
 unsafe fn publish_received(pool: *mut PoolHeader, cx: &Ctx<'_>) {
     // SAFETY: we hold the pool.
     unsafe {
-        collect(pool);
-        if (*pool).refs() == 0 {
+        if reclaim_if_free(pool, cx.geo) {
             cx.central.return_pool(pool, cx.map);
         } else {
             cx.central.push_abandoned(pool, (*pool).class() as usize);
@@ -715,35 +724,29 @@ pub(crate) unsafe fn remote_free_direct(pool: *mut PoolHeader, block: *mut u8, c
     }
 }
 
-/// Takes the remote list into the local one (protocol 3). Returns the number of blocks taken.
+/// Takes the remote list as the local one (protocol 3). Returns the number of blocks taken.
+/// Called only when the local list is empty (a pool that ran dry), so nothing is walked.
 ///
 /// # Safety
-/// The caller must own `pool` (or hold it handed over), and it must not be detached.
+/// The caller must own `pool` (or hold it handed over), it must not be detached, and its local
+/// free list must be empty.
 #[inline]
 pub(crate) unsafe fn collect(pool: *mut PoolHeader) -> u32 {
     // SAFETY: the caller owns the pool.
     unsafe {
-        let remote = &(*pool).shared.remote;
+        let p = &mut *pool;
+        debug_assert!(
+            p.freeblock.is_null(),
+            "collecting into a non-empty local list"
+        );
+        let remote = &p.shared.remote;
         if remote.load(Ordering::Relaxed) == 0 {
             return 0;
         }
         let h = remote.swap(0, Ordering::Acquire);
         debug_assert_eq!(h & FLAGS, 0, "collecting a detached pool");
         let n = remote_count(h);
-        let head = (h & PTR_MASK) as *mut Block;
-        if n == 0 {
-            return 0;
-        }
-        let p = &mut *pool;
-        if !p.freeblock.is_null() {
-            // Append the local list after the remote one's tail.
-            let mut tail = head;
-            while !(*tail).next.is_null() {
-                tail = (*tail).next;
-            }
-            (*tail).next = p.freeblock;
-        }
-        p.freeblock = head;
+        p.freeblock = (h & PTR_MASK) as *mut Block;
         p.sub_ref(n);
         n
     }
