@@ -1,6 +1,7 @@
 """Times CPython on bench/pytrace/workload.py and bench/pytrace/threaded.py under each allocator,
 side by side in one run, and reports wall time and peak RSS as ratios to CPython's own pymalloc.
 
+Workloads: workload.py, threaded.py, queue_soak.py (8,000 items per producer).
 Allocators: pymalloc (CPython's default), glibc malloc (PYTHONMALLOC=malloc), ftmalloc GIL mode
 and free-threaded mode (libftmalloc.so, PYTHONMALLOC=malloc), mimalloc and jemalloc (Debian's
 libmimalloc2.0 and libjemalloc2, installed by this script if missing; PYTHONMALLOC=malloc).
@@ -78,6 +79,8 @@ def main():
     workloads = [
         ("workload.py", [py, os.path.join(HERE, "workload.py"), "--scale", str(args.scale)]),
         ("threaded.py", [py, os.path.join(HERE, "threaded.py")]),
+        # The issue-11 program: 4 producers, 4 consumers, most objects die on another thread.
+        ("queue_soak.py", [py, os.path.join(HERE, "queue_soak.py"), "8000"]),
     ]
     results = {}
     for wname, cmd in workloads:
