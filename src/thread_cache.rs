@@ -335,6 +335,10 @@ impl Cache {
             self.add_held(-1);
             cx.central.return_pool(pool, cx.map);
         }
+        // A pool return is a slow moment too: run the heap's maintenance if it is due.
+        if cx.central.maintenance_due() {
+            maintenance(cx, false);
+        }
     }
 
     #[inline]
