@@ -116,12 +116,18 @@ impl Stats {
         }
     }
 
-    /// Records one pool of `class` with `in_use` blocks handed out.
+    /// Records one pool of `class` with `in_use` blocks handed out. In free-threaded mode the
+    /// header is read while its owner may change it (even re-prepare the pool for another class
+    /// between the reads of `szidx` and `ref_count`), so `in_use` is clamped to the class's
+    /// capacity: a snapshot taken while threads allocate is approximate, never a panic or a
+    /// wrapped count.
     pub(crate) fn add_pool(&mut self, class: usize, in_use: usize, geo: &Geometry) {
+        let capacity = geo.blocks_per_pool(class);
+        let in_use = in_use.min(capacity);
         let row = &mut self.classes[class];
         row.pools += 1;
         row.blocks_in_use += in_use;
-        row.blocks_available += geo.blocks_per_pool(class) - in_use;
+        row.blocks_available += capacity - in_use;
     }
 
     /// Pools serving some class.

@@ -34,8 +34,9 @@
 //!    does a cache that is not certain to be flushed when it is given up (thread caches of
 //!    heap instances other than the process-wide one: they have no exit hook).
 //!    *Publishing* writes the tail's link, then compare-exchanges the remote word to
-//!    (head, count + n, no flags) with release. If the old word had `DETACHED`, this thread
-//!    cleared it and so *received* the pool (acquire fence): if its cache is the one that
+//!    (head, count + n, no flags) with acquire-release. If the old word had `DETACHED`, this
+//!    thread cleared it and so *received* the pool (the acquire half synchronises with the
+//!    detaching owner's release): if its cache is the one that
 //!    detached the pool (the word names it), or allocates that class (has a `current` pool of
 //!    it) and holds no spare pool of it (its `partial` list is empty), it takes the pool over (stores its own token in `owner`, collects, keeps it on its
 //!    `partial` list, and sweeps two pools, protocol 8); otherwise it collects it and returns
@@ -82,7 +83,7 @@ use crate::central::Central;
 use crate::config::Geometry;
 use crate::pool::{Block, PoolHeader};
 use crate::size_class::NUM_CLASSES;
-use crate::sync::{fence, AtomicUsize, Ordering};
+use crate::sync::{AtomicUsize, Ordering};
 use core::ptr;
 use core::sync::atomic::{AtomicUsize as StatAtomic, Ordering::Relaxed};
 use crossbeam_utils::Backoff;
@@ -389,7 +390,7 @@ impl Cache {
     /// is the token of the cache that detached it.
     ///
     /// # Safety
-    /// The caller cleared `DETACHED` of `pool` (and issued the acquire fence).
+    /// The caller cleared `DETACHED` of `pool` (with an acquire-release exchange).
     unsafe fn receive(&mut self, pool: *mut PoolHeader, former: usize, cx: &Ctx<'_>) {
         // SAFETY: we hold the pool; its class is stable while it has live blocks.
         unsafe {
@@ -679,7 +680,11 @@ unsafe fn publish(pool: *mut PoolHeader, head: *mut Block, tail: *mut Block, n: 
         // SAFETY: we own the chain until the compare-exchange publishes it.
         unsafe { (*tail).next = link as *mut Block };
         let new = head as usize | ((remote_count(h) as usize + n as usize) << COUNT_SHIFT);
-        match remote.compare_exchange_weak(h, new, Ordering::Release, Ordering::Relaxed) {
+        // Release publishes the chain's links; acquire makes the detaching owner's header
+        // writes visible if this exchange clears DETACHED (and costs nothing more on x86,
+        // where the exchange is a full barrier; an acquire fence after a release exchange
+        // would be equivalent, but ThreadSanitizer does not model fences).
+        match remote.compare_exchange_weak(h, new, Ordering::AcqRel, Ordering::Relaxed) {
             Ok(_) => break,
             Err(now) => {
                 h = now;
@@ -688,9 +693,7 @@ unsafe fn publish(pool: *mut PoolHeader, head: *mut Block, tail: *mut Block, n: 
         }
     }
     if h & DETACHED != 0 {
-        // We cleared DETACHED: the pool is handed over to us. Synchronise with the detaching
-        // owner's release so its header writes are visible.
-        fence(Ordering::Acquire);
+        // We cleared DETACHED: the pool is handed over to us.
         h & PTR_MASK
     } else {
         0

@@ -6,7 +6,9 @@
 //! keeps the last 2,000 it received in a ring and drops the older ones. The live set is the same
 //! whatever the number of items, so peak RSS after 10x the work must stay within 1.2x of peak
 //! RSS after 1x, in both modes. Each run is a child process (the mode is read once per
-//! process), this binary re-executed with `FTMALLOC_SOAK_ITEMS` set.
+//! process), this binary re-executed with `FTMALLOC_SOAK_ITEMS` set. With `FTMALLOC_SOAK_SHOW`
+//! set too, the child prints the heap's pool counts every 100 ms and its statistics at the end
+//! (for diagnosing a failure by hand).
 
 use ftmalloc::{FtMalloc, Mode};
 use std::process::Command;
