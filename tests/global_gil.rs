@@ -28,6 +28,7 @@ fn run_self(test: &str, env: &[(&str, &str)]) -> Output {
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env_remove("FTMALLOC_MODE")
         .env_remove("FTMALLOC_STATS")
+        .env_remove("FTMALLOC_DECAY_MS")
         .env(WORK, "1")
         .envs(env.iter().copied())
         .output()
@@ -363,6 +364,52 @@ fn a_stats_flag_other_than_0_or_1_is_refused() {
     let (line, accepted) = refusal(&out, "FTMALLOC_STATS");
     assert!(line.contains("\"2\""), "the value is not named: {line}");
     assert_eq!(accepted, ["0", "1"], "{line}");
+}
+
+#[test]
+fn a_bad_decay_is_refused_naming_it() {
+    if is_child() {
+        return;
+    }
+    for bad in ["10s", "-1", "3600001", "1e3", "99999999999"] {
+        let out = run_self(
+            "a_bad_decay_is_refused_naming_it",
+            &[("FTMALLOC_DECAY_MS", bad)],
+        );
+        let (line, _) = refusal(&out, "FTMALLOC_DECAY_MS");
+        assert!(
+            line.contains(&format!("\"{bad}\"")) && line.contains("0 to 3600000"),
+            "the value or the accepted range is not named: {line}"
+        );
+    }
+}
+
+/// `FTMALLOC_DECAY_MS=0`: in free-threaded mode every pool returned to its arena is purged at
+/// once, so freeing a few arenas' worth of blocks shows purged pools without waiting.
+#[test]
+fn a_zero_decay_purges_returned_pools_at_once() {
+    if !is_child() {
+        for &mode in Mode::NAMES {
+            let out = run_self(
+                "a_zero_decay_purges_returned_pools_at_once",
+                &[("FTMALLOC_MODE", mode), ("FTMALLOC_DECAY_MS", "0")],
+            );
+            assert_passed(&out, mode);
+        }
+        return;
+    }
+    let v: Vec<Box<[u8; 200]>> = (0..20_000).map(|i| Box::new([i as u8; 200])).collect();
+    assert!(v.iter().enumerate().all(|(i, b)| b[199] == i as u8));
+    drop(v);
+    let s = FtMalloc::stats();
+    match requested_mode() {
+        Mode::FreeThreaded => {
+            assert!(s.pools_purged >= 100, "{s}");
+            assert_eq!(s.dirty_pools, 0, "{s}");
+        }
+        // GIL mode, like pymalloc, gives back whole arenas only.
+        Mode::Gil => assert_eq!(s.pools_purged, 0, "{s}"),
+    }
 }
 
 /// The number after `=` on the first stderr line starting with `label`.
