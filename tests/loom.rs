@@ -146,6 +146,17 @@ fn fill_one_pool(owner: &mut ThreadCache<'_>, l: Layout) -> Vec<usize> {
     (0..4).map(|_| unsafe { owner.alloc(l) } as usize).collect()
 }
 
+/// Asserts that each of a model's outcomes occurred in some interleaving (or the model proves
+/// nothing about the one that did not): `(counter, what the interleaving did)` pairs.
+fn assert_outcomes(outcomes: &[(&std::sync::atomic::AtomicUsize, &str)]) {
+    for (count, what) in outcomes {
+        assert!(
+            count.load(std::sync::atomic::Ordering::Relaxed) > 0,
+            "no interleaving {what}"
+        );
+    }
+}
+
 /// (b) A remote free into a full pool races with its owner allocating (and detaching it).
 #[test]
 fn remote_free_into_full_pool_vs_owner_allocating() {
@@ -194,14 +205,10 @@ fn remote_free_into_full_pool_vs_owner_allocating() {
             drain(&a, live, l);
         },
     );
-    assert!(
-        COLLECTED.load(Ordering::Relaxed) > 0,
-        "no interleaving collected the block"
-    );
-    assert!(
-        PUBLISHED.load(Ordering::Relaxed) > 0,
-        "no interleaving published the pool"
-    );
+    assert_outcomes(&[
+        (&COLLECTED, "collected the block"),
+        (&PUBLISHED, "published the pool"),
+    ]);
 }
 
 /// (f) As (b), but the remote freer has a cache of its own that allocates the class: its free
@@ -263,14 +270,10 @@ fn remote_free_with_a_cache_into_full_pool_vs_owner_allocating() {
             drain(&a, live, l);
         },
     );
-    assert!(
-        COLLECTED.load(Ordering::Relaxed) > 0,
-        "no interleaving collected the block"
-    );
-    assert!(
-        TAKEN_OVER.load(Ordering::Relaxed) > 0,
-        "no interleaving handed the pool to the freer"
-    );
+    assert_outcomes(&[
+        (&COLLECTED, "collected the block"),
+        (&TAKEN_OVER, "handed the pool to the freer"),
+    ]);
 }
 
 /// (g) A batch of two remote frees, published with one compare-exchange by a cache that does
@@ -341,14 +344,10 @@ fn batched_publication_vs_owner_collecting_or_detaching() {
             drain(&a, live, l);
         },
     );
-    assert!(
-        COLLECTED.load(Ordering::Relaxed) > 0,
-        "no interleaving collected the batch"
-    );
-    assert!(
-        PUBLISHED.load(Ordering::Relaxed) > 0,
-        "no interleaving published the pool"
-    );
+    assert_outcomes(&[
+        (&COLLECTED, "collected the batch"),
+        (&PUBLISHED, "published the pool"),
+    ]);
 }
 
 /// (h) A purge (`trim`: claim every free returned pool, give its pages back, clear its header
