@@ -314,9 +314,7 @@ impl Cache {
             if self.classes[class].current == pool {
                 self.ticks += 1;
                 if self.ticks >= SWEEP_EVERY {
-                    self.ticks = 0;
-                    self.flush_batches(cx);
-                    self.sweep(SWEEP_BUDGET, cx);
+                    self.tick_housekeeping(cx);
                 }
                 return;
             }
@@ -325,10 +323,21 @@ impl Cache {
         }
     }
 
+    /// Every [`SWEEP_EVERY`]-th emptying of a current pool: publish batches, sweep a little.
+    /// Out of line, so that `pool_emptied` (run at every alloc/free pair) stays small.
+    #[cold]
+    #[inline(never)]
+    fn tick_housekeeping(&mut self, cx: &Ctx<'_>) {
+        self.ticks = 0;
+        self.flush_batches(cx);
+        self.sweep(SWEEP_BUDGET, cx);
+    }
+
     /// Returns an owned pool with no block in use (and none in flight) to its arena.
     ///
     /// # Safety
     /// The cache owns `pool`, which is on none of its lists, and no block of it is in use.
+    #[inline(never)]
     unsafe fn give_back(&mut self, pool: *mut PoolHeader, cx: &Ctx<'_>) {
         // SAFETY: per the contract the pool is ours to give.
         unsafe {
