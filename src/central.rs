@@ -24,15 +24,25 @@
 //! 3. **Release** is the single transition `free: ALL -> 0` (compare-exchange). Once it wins,
 //!    no claimer can win any bit (all are clear), and no returner exists (all pools were free),
 //!    so no thread touches the arena again except the releaser and pinned readers, which it
-//!    excludes: it stores `base = DYING` and then checks `pins` (both `SeqCst`); a reader
-//!    increments `pins` and then loads `base` (both `SeqCst`), so either the releaser sees the
-//!    pin and undoes the release, or the reader sees `DYING` and skips the arena. The releaser
-//!    then clears the arena map entry, unmaps, and stores `base = VACANT` (release).
+//!    excludes with a Dekker handshake of two `SeqCst` fences: the releaser stores
+//!    `base = DYING`, fences, loads `pins`; a reader increments `pins`, fences, loads `base`
+//!    (acquire). Whichever fence comes first in the single total order of `SeqCst` fences, the
+//!    other side sees its store: either the releaser sees the pin and undoes the release, or the
+//!    reader sees `DYING` (or a later value) and skips the arena. (Fences, not `SeqCst`
+//!    accesses, because loom checks fences and treats `SeqCst` accesses as acquire/release.)
+//!    The releaser then clears the arena map entry, unmaps, and stores `base = VACANT`
+//!    (release).
 //! 4. At least one arena stays mapped: a releaser first decrements `mapped` only if it is above
 //!    one, and restores it if the release transition then fails.
 //! 5. **New arena**: a slot moves `VACANT -> RESERVED` by compare-exchange, so one thread maps
-//!    into it; it registers the arena in the arena map, stores `base`, then publishes
-//!    `free = ALL` minus the pool it keeps (release): claimers that win a bit see `base`.
+//!    into it; it registers the arena in the arena map, clears `inited`, stores `base`
+//!    (release: a statistics reader that sees the new `base` sees `inited` cleared, so it never
+//!    reads a header of the new arena before its claimer wrote it and set the bit), then
+//!    publishes `free = ALL` minus the pool it keeps (release): claimers that win a bit see
+//!    `base`. A header is written once per `inited` bit, and a reader reads it only after
+//!    acquiring the bit; header fields a reader may read are written with atomic stores, so a
+//!    purge and re-initialisation racing a reader that loaded the bit earlier is no data race
+//!    (the reader's numbers are approximate then, never undefined).
 //!
 //! 6. **Purge** gives a free pool's pages back to the OS (`madvise(MADV_DONTNEED)`, see
 //!    [`os::purge`]) without a new state: the purger *claims* the pools it purges exactly as
@@ -49,6 +59,13 @@
 //!    paths of the allocator: no background thread. With a decay of 0 a pool is purged as it
 //!    is returned, before its bit is set. A pass also releases arenas whose pools are all free
 //!    (a release undone by a statistics pin is retried there).
+//!
+//! 8. **Fork**: a child inherits the descriptors as the parent's other threads left them at
+//!    the moment of `fork`, and those threads do not exist in the child. `pending` holds the
+//!    address of an arena a thread is mapping (`RESERVED`) or unmapping (`DYING`) until that
+//!    step has finished, so the child handler ([`Central::after_fork`]) completes or undoes it;
+//!    it also drops the parent's statistics pins (their readers are gone). See `ft` for what
+//!    else a child inherits in flight.
 //!
 //! # Abandoned pools
 //! One Treiber stack per size class of pools that have free blocks and no owner (pools of
@@ -69,7 +86,7 @@ use crate::os;
 use crate::pool::PoolHeader;
 use crate::size_class::NUM_CLASSES;
 use crate::stats::ArenaCounters;
-use crate::sync::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use core::ptr;
 use crossbeam_utils::{Backoff, CachePadded};
 
@@ -88,6 +105,10 @@ pub(crate) struct ArenaDesc {
     base: AtomicUsize,
     inited: AtomicU64,
     pins: AtomicUsize,
+    /// The arena being mapped into (`RESERVED`) or unmapped from (`DYING`) this slot, until that
+    /// step has finished; 0 otherwise. Read only by the child handler after `fork` (protocol
+    /// step 8), where no other thread runs, so a `core` atomic.
+    pending: core::sync::atomic::AtomicUsize,
     /// Hints only (protocol step 6: a purge claims before it touches), so `core` atomics,
     /// outside the loom facade: loom need not interleave them.
     dirty: core::sync::atomic::AtomicU64,
@@ -102,6 +123,7 @@ impl ArenaDesc {
             base: AtomicUsize::new(VACANT),
             inited: AtomicU64::new(0),
             pins: AtomicUsize::new(0),
+            pending: core::sync::atomic::AtomicUsize::new(0),
             dirty: core::sync::atomic::AtomicU64::new(0),
             aged: core::sync::atomic::AtomicU64::new(0),
         }
@@ -248,9 +270,12 @@ impl Central {
             return ptr::null_mut();
         };
         let d = self.desc(i);
+        use core::sync::atomic::Ordering::Relaxed;
         let base = os::map_aligned(self.geo.arena_size, self.geo.arena_size);
+        d.pending.store(base as usize, Relaxed);
         if base.is_null() || !map.insert(base as usize, i) {
             if !base.is_null() {
+                d.pending.store(0, Relaxed);
                 // SAFETY: never published.
                 unsafe { os::unmap(base, self.geo.arena_size) };
             }
@@ -258,15 +283,17 @@ impl Central {
             return ptr::null_mut();
         }
         d.inited.store(0, Ordering::Relaxed);
-        d.dirty.store(0, core::sync::atomic::Ordering::Relaxed);
-        d.aged.store(0, core::sync::atomic::Ordering::Relaxed);
-        d.base.store(base as usize, Ordering::Relaxed);
+        d.dirty.store(0, Relaxed);
+        d.aged.store(0, Relaxed);
+        // Release: a statistics reader that sees `base` sees `inited` cleared (protocol step 5).
+        d.base.store(base as usize, Ordering::Release);
         self.hwm.fetch_max(i + 1, Ordering::AcqRel);
         let now = self.mapped.fetch_add(1, Ordering::Relaxed) + 1;
         self.highwater.fetch_max(now, Ordering::Relaxed);
         self.allocated_total.fetch_add(1, Ordering::Relaxed);
         // Keep pool 0 for ourselves; publish the rest (protocol step 5).
         d.free.store(self.all & !1, Ordering::Release);
+        d.pending.store(0, Relaxed);
         // SAFETY: pool 0's bit was never published, so we own it.
         unsafe { self.take_claimed(i, 0) }
     }
@@ -418,15 +445,24 @@ impl Central {
             self.mapped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let base = d.base.swap(DYING, Ordering::SeqCst);
-        if d.pins.load(Ordering::SeqCst) != 0 {
+        use core::sync::atomic::Ordering::Relaxed;
+        // Stable: every bit is clear, and we cleared them (protocol step 3).
+        let base = d.base.load(Ordering::Relaxed);
+        d.pending.store(base, Relaxed);
+        d.base.store(DYING, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if d.pins.load(Ordering::Relaxed) != 0 {
             // A statistics reader may be reading headers: undo (protocol step 3).
-            d.base.store(base, Ordering::SeqCst);
+            d.base.store(base, Ordering::Release);
             d.free.store(self.all, Ordering::Release);
+            d.pending.store(0, Relaxed);
             self.mapped.fetch_add(1, Ordering::Relaxed);
             return;
         }
         map.remove(base);
+        // From here on a fork child leaves the arena mapped rather than unmap a range that
+        // may hold someone else's mapping by then (protocol step 8).
+        d.pending.store(0, Relaxed);
         // SAFETY: we won the release transition; no thread can reach the arena any more.
         unsafe { os::unmap(base as *mut u8, self.geo.arena_size) };
         self.reclaimed.fetch_add(1, Ordering::Relaxed);
@@ -489,8 +525,10 @@ impl Central {
         let hwm = self.hwm.load(Ordering::Acquire);
         for i in 0..hwm {
             let d = self.desc(i);
-            d.pins.fetch_add(1, Ordering::SeqCst);
-            let base = d.base.load(Ordering::SeqCst);
+            d.pins.fetch_add(1, Ordering::Relaxed);
+            // Protocol step 3: the reader's side of the handshake.
+            fence(Ordering::SeqCst);
+            let base = d.base.load(Ordering::Acquire);
             if base > DYING {
                 let free = d.free.load(Ordering::Acquire);
                 let inited = d.inited.load(Ordering::Acquire);
@@ -506,7 +544,51 @@ impl Central {
                     f(pool, claimed, !claimed && dirty & (1u64 << bit) != 0);
                 }
             }
-            d.pins.fetch_sub(1, Ordering::SeqCst);
+            d.pins.fetch_sub(1, Ordering::Release);
+        }
+    }
+
+    /// The child side of `fork` (protocol step 8): drops the parent's statistics pins, and
+    /// finishes what the parent's other threads were doing to descriptors: an arena being
+    /// mapped is unmapped and its slot freed, an arena being released is released, a release
+    /// being undone is undone. Runs in the child before it has a second thread.
+    pub(crate) fn after_fork(&self, map: &ArenaMap) {
+        use core::sync::atomic::Ordering::Relaxed;
+        // Slots above `hwm` are vacant except those reserved by threads that had not raised
+        // `hwm` yet (the lowest vacant slots when they looked): a margin of 64 covers them.
+        for i in 0..MAX_ARENAS.min(self.hwm.load(Ordering::Relaxed) + 64) {
+            let d = self.desc(i);
+            d.pins.store(0, Ordering::Relaxed);
+            let pending = d.pending.swap(0, Relaxed);
+            let base = d.base.load(Ordering::Relaxed);
+            match base {
+                RESERVED => {
+                    if pending != 0 {
+                        map.remove(pending);
+                        // SAFETY: mapped by the parent's thread for this slot and never
+                        // published (its pools were never handed out).
+                        unsafe { os::unmap(pending as *mut u8, self.geo.arena_size) };
+                    }
+                    d.base.store(VACANT, Ordering::Relaxed);
+                }
+                DYING => {
+                    if pending != 0 {
+                        // Released, not yet unmapped: no block of it is live.
+                        map.remove(pending);
+                        // SAFETY: the release transition was won; the range is still ours
+                        // (`pending` is cleared before the unmap).
+                        unsafe { os::unmap(pending as *mut u8, self.geo.arena_size) };
+                        self.reclaimed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    d.base.store(VACANT, Ordering::Relaxed);
+                }
+                b if b > DYING && pending == b && d.free.load(Ordering::Relaxed) == 0 => {
+                    // A release being undone (or an arena mapped and not yet published):
+                    // every pool is free; publish them.
+                    d.free.store(self.all, Ordering::Relaxed);
+                }
+                _ => {}
+            }
         }
     }
 

@@ -240,7 +240,12 @@ impl FtHeap {
     pub(crate) fn alloc_cacheless(&self, class: usize, cx: &Ctx<'_>) -> *mut u8 {
         let c = self.acquire_cache(false);
         if c.is_null() {
-            return ptr::null_mut();
+            // Every slot is taken (16,384 threads or handles alive): a cache on the stack for
+            // this one block. Running out of slots costs speed, never an allocation.
+            let mut tmp = Cache::new();
+            let b = tmp.alloc(class, cx);
+            tmp.abandon_all(cx);
+            return b;
         }
         // SAFETY: we hold slot c exclusively until release_cache.
         unsafe {
@@ -248,6 +253,19 @@ impl FtHeap {
             self.release_cache(c, cx);
             b
         }
+    }
+
+    /// The child side of `fork` (see `central`, protocol step 8).
+    ///
+    /// What the child inherits from the parent's other threads, which do not exist in it: their
+    /// caches stay bound to their thread indices, so the pools those caches held (and the
+    /// indices) are never used again in the child; a thread's work in flight at the moment of
+    /// `fork` is lost with it: at most one pool being claimed, handed over or returned, one
+    /// collected remote list (of a pool its cache holds), and one abandoned chain being
+    /// walked. None of this grows in the child afterwards. Descriptors in flight and the
+    /// statistics pins are repaired here (`Central::after_fork`).
+    pub(crate) fn after_fork(&self, cx: &Ctx<'_>) {
+        self.central.after_fork(cx.map);
     }
 
     /// Abandons the cache bound to `tid`, if any (thread exit of the process-wide heap).

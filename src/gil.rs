@@ -1,6 +1,6 @@
 //! GIL mode: pymalloc's own algorithms, faithfully, behind one global lock.
 //!
-//! Everything here runs with the [`GilHeap`] mutex held; the mutex stands for the GIL. The
+//! Everything here runs with the [`GilHeap`] lock held; the lock stands for the GIL. The
 //! structures are CPython's (`Objects/obmalloc.c`), in its words:
 //! - `usedpools[class]`: the pools of a class that have at least one free block and at least one
 //!   block in use, doubly linked, new pools inserted at the front. Full pools are on no list; a
@@ -23,6 +23,51 @@
 //! - for each arena: `pools in use + nfreepools == ntotalpools`, where pools in use are the
 //!   carved pools with `ref_count > 0`;
 //! - a pool is on `usedpools[c]` iff it serves class `c`, `0 < ref_count` and it is not full.
+//!
+//! # The lock, and `fork`
+//! The lock is a futex word (`state`: `LOCKED`, `WAITERS`, `DEFERRED` bits and a count of
+//! forks in progress, `FORKING`): an
+//! uncontended acquire is one compare-exchange `0 -> LOCKED`, an uncontended release one
+//! compare-exchange `LOCKED -> 0`; contended threads sleep on the word (Drepper's three-state
+//! mutex). It is hand-written, not `std::sync::Mutex`, for one reason: `fork`.
+//!
+//! The child of a multi-threaded process must not inherit the heap in the middle of another
+//! thread's update, so the `fork` prepare handler takes the lock and the parent and child
+//! handlers release it (glibc does the same for its arenas). Holding it across `fork` must not
+//! deadlock, and glibc runs the prepare handlers *before* it takes stdio's list lock: a thread
+//! holding a `FILE` lock (in `getline`) that waits for the heap lock, a thread holding the list
+//! lock (in `fflush(NULL)`) that waits for that `FILE`, and the forking thread that holds the
+//! heap lock and waits for the list lock would wait for each other forever. So while a fork is
+//! in progress (protocol):
+//! 1. The prepare handler counts itself in the high bits of `state` (`FORKING`: forks in
+//!    progress; glibc runs the prepare handlers of concurrent forks concurrently) and wakes
+//!    every sleeper *before* it takes the lock (it waits for the current holder, whose
+//!    critical section never waits for anything, or for another forker's fork to finish).
+//! 2. A thread that finds the lock taken and `FORKING` set does not wait: an allocation is
+//!    served by the allocator underneath ([`large`](crate::large), exactly as a request above
+//!    the small limit, and freed the same way: the arena map does not know it), and a free
+//!    pushes the block on the `deferred` stack (a Treiber stack through the block's first word,
+//!    one compare-exchange, take-all removal only) and then sets `DEFERRED`. A sleeper woken by
+//!    step 1 re-checks and does the same. The forking thread's own allocations in `pthread_atfork`
+//!    handlers (which glibc runs after ours) take this path too, so they cannot deadlock on the
+//!    lock their thread holds.
+//! 3. Releasing the lock with `DEFERRED` set first takes the deferred stack and frees its blocks
+//!    (with the lock held), so a deferred block is freed by the next release. A pusher that finds
+//!    the lock free and no fork in progress takes and releases it itself.
+//! 4. The parent handler uncounts its fork and releases the lock (step 3 drains); the child
+//!    handler resets the count to its own thread's forks in progress (the parent's other
+//!    forkers do not exist in the child) and releases the lock.
+//!    In the child, a free that was in flight in another thread is lost (at most one block
+//!    per thread); the heap itself is consistent because the forking thread held the lock.
+//! 5. A single-threaded process (glibc's `__libc_single_threaded`) takes no lock at `fork`: no
+//!    other thread can be inside the heap, and a `fork` from a signal handler that interrupted
+//!    this thread's own allocation would otherwise wait for itself. (A multi-threaded process
+//!    that forks from a signal handler interrupting an allocation is not supported, as with
+//!    glibc's own malloc.) Nested forks (from a signal handler during `fork`) are counted, and
+//!    only the level that took the lock releases it.
+//!
+//! The lock and the fork protocol are outside the loom facade (loom has no futex); they are
+//! tested by `tests/c/fork_orders.c` under the drop-in and `tests/global_fork.rs`.
 
 use crate::arena_map::ArenaMap;
 use crate::config::Geometry;
@@ -30,8 +75,10 @@ use crate::os;
 use crate::pool::PoolHeader;
 use crate::size_class::NUM_CLASSES;
 use crate::stats::{ArenaCounters, Stats};
+use core::cell::UnsafeCell;
+use core::ops::{Deref, DerefMut};
 use core::ptr;
-use std::sync::{Mutex, MutexGuard};
+use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 /// Upper bound on arena descriptors (64 GiB of small objects with 1 MiB arenas). The table is
 /// an anonymous mapping of this many descriptors; only the touched pages cost memory.
@@ -65,14 +112,79 @@ pub(crate) struct GilCore {
     counters: ArenaCounters,
 }
 
-/// GIL mode's heap: [`GilCore`] behind one mutex.
+/// GIL mode's heap: [`GilCore`] behind one lock (see the module docs: *The lock, and `fork`*).
 pub(crate) struct GilHeap {
-    core: Mutex<GilCore>,
+    state: AtomicU32,
+    /// Blocks freed while a fork held the lock (protocol step 2), linked through their first word.
+    deferred: AtomicPtr<u8>,
+    core: UnsafeCell<GilCore>,
+}
+
+const LOCKED: u32 = 1;
+/// Some thread may sleep on the word (set conservatively by every contended acquirer).
+const WAITERS: u32 = 2;
+const DEFERRED: u32 = 4;
+/// The bits above count the forks in progress (their prepare ran, their parent or child
+/// handler has not): a fork is in progress while any is set.
+const FORK_ONE: u32 = 8;
+const FORKING: u32 = !(FORK_ONE - 1);
+
+std::thread_local! {
+    /// This thread's forks in progress (nesting depth, from a signal handler during `fork`) and
+    /// one bit per depth: whether that level's prepare handler took the lock.
+    static FORK_LEVELS: core::cell::Cell<(u32, u64)> = const { core::cell::Cell::new((0, 0)) };
 }
 
 // SAFETY: the raw pointers in GilCore point into mappings owned by the heap and are only
-// dereferenced with the mutex held.
+// dereferenced with the lock held.
 unsafe impl Send for GilCore {}
+// SAFETY: `core` is reached only through a `GilGuard`, which exists only while the lock is held;
+// every other field is atomic.
+unsafe impl Sync for GilHeap {}
+// SAFETY: as above; the heap owns its mappings.
+unsafe impl Send for GilHeap {}
+
+/// The lock held: derefs to the [`GilCore`]; releasing frees deferred blocks first.
+pub(crate) struct GilGuard<'a> {
+    heap: &'a GilHeap,
+    map: &'a ArenaMap,
+}
+
+impl Deref for GilGuard<'_> {
+    type Target = GilCore;
+    #[inline(always)]
+    fn deref(&self) -> &GilCore {
+        // SAFETY: a guard exists only while its thread holds the lock.
+        unsafe { &*self.heap.core.get() }
+    }
+}
+
+impl DerefMut for GilGuard<'_> {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut GilCore {
+        // SAFETY: as in deref; the lock makes this the only reference.
+        unsafe { &mut *self.heap.core.get() }
+    }
+}
+
+impl Drop for GilGuard<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if self
+            .heap
+            .state
+            .compare_exchange(LOCKED, 0, Ordering::Release, Ordering::Relaxed)
+            .is_err()
+        {
+            self.heap.unlock_slow(self.map);
+        }
+    }
+}
+
+extern "C" {
+    /// glibc (2.32 and later): non-zero while the process has never had a second thread.
+    static __libc_single_threaded: core::ffi::c_char;
+}
 
 impl GilHeap {
     pub(crate) fn new(geo: Geometry) -> Option<GilHeap> {
@@ -82,7 +194,9 @@ impl GilHeap {
             return None;
         }
         Some(GilHeap {
-            core: Mutex::new(GilCore {
+            state: AtomicU32::new(0),
+            deferred: AtomicPtr::new(ptr::null_mut()),
+            core: UnsafeCell::new(GilCore {
                 geo,
                 arenas,
                 arenas_len: 0,
@@ -95,12 +209,191 @@ impl GilHeap {
         })
     }
 
-    /// Takes the lock (the GIL).
+    /// Takes the lock (the GIL) for an allocation or a free; `None` while a fork holds it
+    /// (protocol step 2: serve the request without the heap).
     #[inline(always)]
-    pub(crate) fn lock(&self) -> MutexGuard<'_, GilCore> {
-        // The allocator never panics with the lock held; a poisoned lock still guards
-        // consistent state, so take it anyway.
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    pub(crate) fn lock<'a>(&'a self, map: &'a ArenaMap) -> Option<GilGuard<'a>> {
+        if self
+            .state
+            .compare_exchange(0, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            Some(GilGuard { heap: self, map })
+        } else {
+            self.lock_slow(map, false)
+        }
+    }
+
+    /// Takes the lock, waiting through a fork (statistics, checks, drop: never called from
+    /// `pthread_atfork` handlers).
+    pub(crate) fn lock_wait<'a>(&'a self, map: &'a ArenaMap) -> GilGuard<'a> {
+        loop {
+            if let Some(g) = self.lock_slow(map, true) {
+                return g;
+            }
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn lock_slow<'a>(&'a self, map: &'a ArenaMap, through_fork: bool) -> Option<GilGuard<'a>> {
+        loop {
+            let s = self.state.load(Ordering::Relaxed);
+            if s & LOCKED == 0 {
+                // Acquired from the slow path: others may sleep, so keep WAITERS (mutex3).
+                if self
+                    .state
+                    .compare_exchange_weak(
+                        s,
+                        s | LOCKED | WAITERS,
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+                {
+                    return Some(GilGuard { heap: self, map });
+                }
+                continue;
+            }
+            if s & FORKING != 0 && !through_fork {
+                return None;
+            }
+            if s & WAITERS == 0
+                && self
+                    .state
+                    .compare_exchange_weak(s, s | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            // Returns at once if the word changed (released, or FORKING set meanwhile).
+            os::futex_wait(&self.state, s | WAITERS);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn unlock_slow(&self, map: &ArenaMap) {
+        loop {
+            let s = self.state.load(Ordering::Relaxed);
+            if s & DEFERRED != 0 {
+                self.state.fetch_and(!DEFERRED, Ordering::Relaxed);
+                let mut b = self.deferred.swap(ptr::null_mut(), Ordering::Acquire);
+                // SAFETY: we hold the lock; the chain was taken whole, so its blocks (live
+                // blocks of ours whose owners freed them, protocol step 2) are ours to free.
+                let core = unsafe { &mut *self.core.get() };
+                while !b.is_null() {
+                    // SAFETY: each pushed block's first word links the next (written before the
+                    // push's release, read after our acquire).
+                    let next = unsafe { b.cast::<*mut u8>().read() };
+                    let pool = core.geo.pool_of(b as usize) as *mut PoolHeader;
+                    // SAFETY: a checked live block of ours (the free path checked it).
+                    unsafe { core.free(pool, b, map) };
+                    b = next;
+                }
+                continue;
+            }
+            if self
+                .state
+                .compare_exchange_weak(
+                    s,
+                    s & !(LOCKED | WAITERS),
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                if s & WAITERS != 0 {
+                    os::futex_wake(&self.state, 1);
+                }
+                return;
+            }
+        }
+    }
+
+    /// Frees `block` of `pool` while a fork holds the lock (protocol steps 2 and 3).
+    ///
+    /// # Safety
+    /// `block` must be a checked live block of this heap, not used afterwards.
+    #[cold]
+    #[inline(never)]
+    pub(crate) unsafe fn free_deferred(&self, block: *mut u8, map: &ArenaMap) {
+        let mut h = self.deferred.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: the block is ours until the push lands; blocks are at least 16 bytes.
+            unsafe { block.cast::<*mut u8>().write(h) };
+            match self.deferred.compare_exchange_weak(
+                h,
+                block,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => h = now,
+            }
+        }
+        let s = self.state.fetch_or(DEFERRED, Ordering::Release);
+        if s & (LOCKED | FORKING) == 0 {
+            // Nobody will release the lock soon: drain ourselves (step 3).
+            drop(self.lock(map));
+        }
+    }
+
+    /// `pthread_atfork` prepare handler (protocol steps 1 and 5). Several threads may fork at
+    /// once (glibc runs their prepare handlers concurrently): each counts itself in `state`, and
+    /// they take the lock one after the other.
+    pub(crate) fn fork_prepare(&self, map: &ArenaMap) {
+        let (depth, held) = FORK_LEVELS.with(|l| l.get());
+        self.state.fetch_add(FORK_ONE, Ordering::SeqCst);
+        // SAFETY: a byte glibc exports; it only goes from non-zero to zero, when a second
+        // thread is created, which cannot happen while this thread runs the prepare handler
+        // of a single-threaded process.
+        let single = unsafe { ptr::read_volatile(&raw const __libc_single_threaded) } != 0;
+        let mut took = false;
+        if !single {
+            // Sleepers re-check and fall back instead of waiting (step 2).
+            os::futex_wake(&self.state, i32::MAX);
+            core::mem::forget(self.lock_wait(map));
+            took = true;
+        }
+        let bit = u64::from(took) << (depth % 64);
+        FORK_LEVELS.with(|l| l.set((depth + 1, held | bit)));
+    }
+
+    /// `pthread_atfork` parent handler (protocol step 4).
+    pub(crate) fn fork_parent(&self, map: &ArenaMap) {
+        let took = self.pop_fork_level();
+        self.state.fetch_sub(FORK_ONE, Ordering::SeqCst);
+        if took {
+            // Releases the lock the prepare handler took, draining deferred frees.
+            drop(GilGuard { heap: self, map });
+        }
+    }
+
+    /// `pthread_atfork` child handler (protocol step 4). The child's only thread is the one
+    /// that forked: forks in progress in other threads of the parent, and their sleepers,
+    /// are gone.
+    pub(crate) fn fork_child(&self, map: &ArenaMap) {
+        let took = self.pop_fork_level();
+        let (depth, _) = FORK_LEVELS.with(|l| l.get());
+        let s = self.state.load(Ordering::Relaxed);
+        self.state.store(
+            (s & (LOCKED | DEFERRED)) | (depth * FORK_ONE),
+            Ordering::Relaxed,
+        );
+        if took {
+            drop(GilGuard { heap: self, map });
+        }
+    }
+
+    /// Ends this thread's innermost fork level; true if its prepare handler took the lock.
+    fn pop_fork_level(&self) -> bool {
+        let (depth, held) = FORK_LEVELS.with(|l| l.get());
+        debug_assert!(depth > 0, "fork handler without prepare");
+        let depth = depth.saturating_sub(1);
+        let bit = 1u64 << (depth % 64);
+        FORK_LEVELS.with(|l| l.set((depth, held & !bit)));
+        held & bit != 0
     }
 }
 

@@ -269,29 +269,16 @@ pub(crate) fn thread_exit(f: impl FnOnce(&crate::ft::FtHeap, &crate::thread_cach
     }
 }
 
-/// The GIL-mode lock held across `fork` (taken in prepare, dropped in parent and child).
-struct ForkGuard(UnsafeCell<Option<std::sync::MutexGuard<'static, crate::gil::GilCore>>>);
-// SAFETY: touched only by the forking thread, between its prepare and parent/child handlers.
-unsafe impl Sync for ForkGuard {}
-static FORK_GUARD: ForkGuard = ForkGuard(UnsafeCell::new(None));
-
 extern "C" fn fork_prepare() {
-    // GIL mode: hold the lock across fork so the child never inherits it mid-update.
-    // Free-threaded mode has no lock; the child keeps the forking thread's cache and other
-    // threads' caches are simply abandoned (their pools leak into the child, nothing more).
-    let g = FtMalloc::instance().fork_lock();
-    // SAFETY: only the forking thread runs the handlers (see ForkGuard).
-    unsafe { *FORK_GUARD.0.get() = g };
+    FtMalloc::instance().fork_prepare();
 }
 
 extern "C" fn fork_parent() {
-    // SAFETY: as in fork_prepare.
-    unsafe { *FORK_GUARD.0.get() = None };
+    FtMalloc::instance().fork_parent();
 }
 
 extern "C" fn fork_child() {
-    // SAFETY: as in fork_prepare. The child is single-threaded; unlocking is sound.
-    unsafe { *FORK_GUARD.0.get() = None };
+    FtMalloc::instance().fork_child();
 }
 
 extern "C" fn print_stats() {

@@ -229,7 +229,12 @@ impl Allocator {
     #[inline(always)]
     fn small_alloc_raw(&self, class: usize, cache: *mut Cache) -> *mut u8 {
         match &self.front {
-            Front::Gil(h) => h.lock().alloc(class, &self.map),
+            Front::Gil(h) => match h.lock(&self.map) {
+                Some(mut g) => g.alloc(class, &self.map),
+                // A fork holds the lock (gil.rs, fork protocol step 2): the allocator
+                // underneath serves the request, and a free finds it foreign.
+                None => large::alloc(class_size(class), ALIGNMENT),
+            },
             Front::Ft(h) => {
                 let cx = h.ctx(&self.geo, &self.map);
                 let c = if cache.is_null() {
@@ -260,7 +265,12 @@ impl Allocator {
         }
         match &self.front {
             // SAFETY: per the contract.
-            Front::Gil(h) => unsafe { h.lock().free(pool, block, &self.map) },
+            Front::Gil(h) => match h.lock(&self.map) {
+                // SAFETY: per the contract.
+                Some(mut g) => unsafe { g.free(pool, block, &self.map) },
+                // SAFETY: per the contract (a fork holds the lock: gil.rs, fork protocol).
+                None => unsafe { h.free_deferred(block, &self.map) },
+            },
             Front::Ft(h) => {
                 let cx = h.ctx(&self.geo, &self.map);
                 let c = if cache.is_null() {
@@ -555,7 +565,7 @@ impl Allocator {
     pub fn stats(&self) -> Stats {
         let mut s = Stats::empty(self.mode(), &self.geo);
         match &self.front {
-            Front::Gil(h) => h.lock().fill_stats(&mut s),
+            Front::Gil(h) => h.lock_wait(&self.map).fill_stats(&mut s),
             Front::Ft(h) => {
                 let c = h.bound_cache();
                 if !c.is_null() {
@@ -617,18 +627,34 @@ impl Allocator {
         }
     }
 
-    /// The GIL-mode lock, for `fork`: None in free-threaded mode.
-    fn fork_lock(&'static self) -> Option<std::sync::MutexGuard<'static, gil::GilCore>> {
+    /// `pthread_atfork` prepare handler of the process-wide heap: GIL mode takes its lock
+    /// (gil.rs, the fork protocol); free-threaded mode has nothing to hold.
+    fn fork_prepare(&self) {
+        if let Front::Gil(h) = &self.front {
+            h.fork_prepare(&self.map);
+        }
+    }
+
+    /// `pthread_atfork` parent handler: releases what the prepare handler took.
+    fn fork_parent(&self) {
+        if let Front::Gil(h) = &self.front {
+            h.fork_parent(&self.map);
+        }
+    }
+
+    /// `pthread_atfork` child handler: releases what the prepare handler took; free-threaded
+    /// mode repairs what the parent's other threads left in flight (see `FtHeap::after_fork`).
+    fn fork_child(&self) {
         match &self.front {
-            Front::Gil(h) => Some(h.lock()),
-            Front::Ft(_) => None,
+            Front::Gil(h) => h.fork_child(&self.map),
+            Front::Ft(h) => h.after_fork(&h.ctx(&self.geo, &self.map)),
         }
     }
 
     #[cfg(test)]
     fn check_invariants(&self) {
         match &self.front {
-            Front::Gil(h) => h.lock().check_invariants(),
+            Front::Gil(h) => h.lock_wait(&self.map).check_invariants(),
             Front::Ft(_) => {
                 let s = self.stats();
                 assert_eq!(s.total(), s.mapped_bytes());
@@ -640,7 +666,7 @@ impl Allocator {
 impl Drop for Allocator {
     fn drop(&mut self) {
         match &mut self.front {
-            Front::Gil(h) => h.lock().release_all(&self.map),
+            Front::Gil(h) => h.lock_wait(&self.map).release_all(&self.map),
             Front::Ft(h) => h.release_all(&self.map),
         }
     }

@@ -132,3 +132,116 @@ fn ft_debug_mode_cross_thread_frees() {
     freer.join().unwrap();
     assert_eq!(a.stats().blocks_in_use(), 0);
 }
+
+/// Issue 12, defect 6: once every cache slot is taken (16,384 threads or handles alive), an
+/// allocation still succeeds (on a cache built for the one call), from a thread that has a
+/// cache and from one that never had.
+#[test]
+fn allocations_succeed_when_every_cache_slot_is_taken() {
+    let a = Arc::new(Allocator::new(Mode::FreeThreaded));
+    let mut handles = Vec::new();
+    while let Some(h) = a.thread_cache() {
+        handles.push(h);
+    }
+    assert_eq!(handles.len(), 1 << 14, "cache slots per heap");
+    let mut blocks = Vec::new();
+    for size in [16, 100, 512] {
+        // SAFETY: a valid layout; every block is freed below.
+        let p = unsafe { a.alloc(lay(size)) };
+        assert!(
+            !p.is_null(),
+            "alloc({size}) with every slot taken returned null"
+        );
+        fill(p, size);
+        blocks.push((p as usize, size));
+    }
+    let a2 = a.clone();
+    let from_thread = std::thread::spawn(move || {
+        (0..200)
+            .map(|i| {
+                // SAFETY: a valid layout.
+                let p = unsafe { a2.alloc(lay(16 + i % 400)) };
+                assert!(!p.is_null(), "alloc on a new thread with every slot taken");
+                fill(p, 16 + i % 400);
+                (p as usize, 16 + i % 400)
+            })
+            .collect::<Vec<_>>()
+    })
+    .join()
+    .unwrap();
+    blocks.extend(from_thread);
+    drop(handles);
+    for (p, size) in blocks {
+        verify(p as *mut u8, size);
+        // SAFETY: a live block of this heap.
+        unsafe { a.free(p as *mut u8) };
+    }
+    let s = a.stats();
+    assert_eq!(s.blocks_in_use(), 0, "{s}");
+}
+
+/// Issue 12, defect 6, with threads: 16,400 threads alive at once (more than the 16,384 thread
+/// indices and cache slots) each allocate, and none gets null. Raw pthreads with 64 KiB stacks:
+/// Rust's threads also map an alternate signal stack each, and 16,400 of them would exceed the
+/// kernel's default limit of 65,530 mappings per process.
+#[test]
+fn allocations_succeed_with_more_threads_alive_than_slots() {
+    const THREADS: usize = (1 << 14) + 16;
+    struct Shared {
+        heap: Allocator,
+        barrier: std::sync::Barrier,
+        started: std::sync::atomic::AtomicUsize,
+        nulls: std::sync::atomic::AtomicUsize,
+    }
+    extern "C" fn run(arg: *mut libc::c_void) -> *mut libc::c_void {
+        // SAFETY: `arg` points to the Shared below, which outlives every thread (joined).
+        let sh = unsafe { &*(arg as *const Shared) };
+        let i = sh
+            .started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let size = 16 + (i % 32) * 16;
+        // SAFETY: a valid layout.
+        let p = unsafe { sh.heap.alloc(lay(size)) };
+        if p.is_null() {
+            sh.nulls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        // Stay alive until every thread has allocated.
+        sh.barrier.wait();
+        if !p.is_null() {
+            fill(p, size);
+            verify(p, size);
+            // SAFETY: a live block of this heap.
+            unsafe { sh.heap.free(p) };
+        }
+        std::ptr::null_mut()
+    }
+    let sh = Shared {
+        heap: Allocator::new(Mode::FreeThreaded),
+        barrier: std::sync::Barrier::new(THREADS),
+        started: std::sync::atomic::AtomicUsize::new(0),
+        nulls: std::sync::atomic::AtomicUsize::new(0),
+    };
+    let mut ids = Vec::with_capacity(THREADS);
+    // SAFETY: plain pthread calls on valid out-pointers; `sh` outlives every thread (all joined
+    // below before it is dropped).
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        assert_eq!(libc::pthread_attr_init(&mut attr), 0);
+        assert_eq!(libc::pthread_attr_setstacksize(&mut attr, 64 << 10), 0);
+        for n in 0..THREADS {
+            let mut t: libc::pthread_t = 0;
+            let rc = libc::pthread_create(&mut t, &attr, run, &sh as *const Shared as *mut _);
+            assert_eq!(
+                rc, 0,
+                "pthread_create #{n} failed ({rc}): raise the thread limits"
+            );
+            ids.push(t);
+        }
+        libc::pthread_attr_destroy(&mut attr);
+        for t in ids {
+            assert_eq!(libc::pthread_join(t, std::ptr::null_mut()), 0);
+        }
+    }
+    let nulls = sh.nulls.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(nulls, 0, "{nulls} of {THREADS} allocations returned null");
+}

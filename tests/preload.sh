@@ -12,6 +12,7 @@ test -f "$LIB" || { echo "preload: $LIB was not built" >&2; exit 1; }
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 cc -O1 -pthread -o "$WORK/abi" tests/c/abi.c
+cc -O1 -pthread -o "$WORK/fork_orders" tests/c/fork_orders.c
 
 # A real interpreter binary (not a pyenv shim script, which would run under the library too).
 PY="$(python3 -c 'import sys; print(sys.executable)')"
@@ -32,6 +33,13 @@ run() { # mode, description, command...
 
 for mode in ft gil; do
     run "$mode" "C-ABI checks" "$WORK/abi"
+    # fork in the lock orders that deadlock a fork handler taking the lock unconditionally
+    # (stdio locks, fork from a signal handler, allocating pthread_atfork handlers): a hang
+    # is a failure (timeout exits 124).
+    for case in stdio sigfork atfork; do
+        run "$mode" "fork_orders $case (a hang is a deadlock)" \
+            env FORK_ORDERS_CASE="$case" timeout 60 "$WORK/fork_orders"
+    done
     run "$mode" "ls -lR /usr/share" ls -lR /usr/share
     run "$mode" "sort" sh -c "ls -lR /usr/share/doc | sort > '$WORK/sorted' && test -s '$WORK/sorted'"
     run "$mode" "git --version" git --version
