@@ -606,3 +606,102 @@ impl Central {
         unsafe { os::unmap(self.descs.cast(), table_bytes()) };
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn setup() -> (Central, ArenaMap, Geometry) {
+        let geo = Config::PYMALLOC.geometry().unwrap();
+        let map = ArenaMap::new(geo.arena_shift).unwrap();
+        (Central::new(geo, 100).unwrap(), map, geo)
+    }
+
+    /// Claims every pool of the first two arenas and returns those of arena 1.
+    fn two_arenas(c: &Central, map: &ArenaMap, geo: &Geometry) -> usize {
+        let mut pools = Vec::new();
+        for _ in 0..2 * geo.pools_per_arena {
+            let p = c.claim_pool(map);
+            assert!(!p.is_null());
+            pools.push(p);
+        }
+        assert_eq!(c.counters().current, 2);
+        let second = c.desc(1).base.load(Ordering::Relaxed);
+        for p in pools {
+            if geo.arena_of(p as usize) == second {
+                // SAFETY: claimed above, empty, on no list.
+                unsafe { c.return_pool(p, map) };
+            }
+        }
+        second
+    }
+
+    /// Issue 12, defect 4: a statistics pin held by a parent thread at `fork` made its arena
+    /// unreleasable in the child forever; the child handler drops it.
+    #[test]
+    fn a_child_releases_an_arena_its_parent_had_pinned() {
+        let (c, map, geo) = setup();
+        let d = c.desc(1);
+        // A reader in the parent pinned arena 1 before it became free: the release is undone.
+        d.pins.store(1, Ordering::Relaxed);
+        let second = two_arenas(&c, &map, &geo);
+        assert!(map.lookup(second).is_some());
+        c.purge(&map, true);
+        assert_eq!(c.counters().current, 2, "a pinned arena was released");
+        // In the child, the reader does not exist.
+        c.after_fork(&map);
+        c.purge(&map, true);
+        assert_eq!(c.counters().current, 1, "the child never releases the arena");
+        assert!(map.lookup(second).is_none());
+    }
+
+    /// Issue 12, defect 4: descriptors in the middle of a mapping, a release, or an undone
+    /// release when the parent forked are finished or undone in the child.
+    #[test]
+    fn a_child_finishes_descriptors_left_in_flight() {
+        let (c, map, geo) = setup();
+        let d = c.desc(1);
+        use core::sync::atomic::Ordering::Relaxed;
+        // (A pin keeps arena 1 mapped while its pools come back.)
+        d.pins.store(1, Relaxed);
+        let second = two_arenas(&c, &map, &geo);
+        d.pins.store(0, Relaxed);
+        // A release that had won `free: ALL -> 0` and stored DYING (try_release's state just
+        // before it unmaps).
+        assert_eq!(d.free.swap(0, Relaxed), c.all);
+        c.mapped.fetch_sub(1, Relaxed);
+        d.pending.store(second, Relaxed);
+        d.base.store(DYING, Relaxed);
+        // A thread mapping an arena into slot 2 (mapped and registered, `base` not stored).
+        let d2 = c.desc(2);
+        d2.base.store(RESERVED, Relaxed);
+        let third = os::map_aligned(geo.arena_size, geo.arena_size) as usize;
+        assert!(map.insert(third, 2));
+        d2.pending.store(third, Relaxed);
+        c.after_fork(&map);
+        assert_eq!(d.base.load(Relaxed), VACANT);
+        assert_eq!(d2.base.load(Relaxed), VACANT);
+        assert!(map.lookup(second).is_none() && map.lookup(third).is_none());
+        assert_eq!(c.counters().reclaimed, 1);
+        // Both slots are usable again: a new arena takes the lowest.
+        let mut pools = Vec::new();
+        for _ in 0..geo.pools_per_arena {
+            pools.push(c.claim_pool(&map));
+        }
+        assert_eq!(c.counters().current, 2);
+        assert_ne!(d.base.load(Relaxed), VACANT);
+        // A release being undone (base restored, free not yet): the child frees the pools.
+        let base = d.base.load(Relaxed);
+        d.pins.store(1, Relaxed);
+        for p in pools.drain(..) {
+            // SAFETY: claimed above, empty.
+            unsafe { c.return_pool(p, &map) };
+        }
+        assert_eq!(d.base.load(Relaxed), base, "a pinned arena was released");
+        assert_eq!(d.free.swap(0, Relaxed), c.all);
+        d.pending.store(base, Relaxed);
+        c.after_fork(&map);
+        assert_eq!(d.free.load(Relaxed), c.all, "pools of an undone release stay claimed");
+    }
+}
