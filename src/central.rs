@@ -652,7 +652,11 @@ mod tests {
         // In the child, the reader does not exist.
         c.after_fork(&map);
         c.purge(&map, true);
-        assert_eq!(c.counters().current, 1, "the child never releases the arena");
+        assert_eq!(
+            c.counters().current,
+            1,
+            "the child never releases the arena"
+        );
         assert!(map.lookup(second).is_none());
     }
 
@@ -702,6 +706,10 @@ mod tests {
         assert_eq!(d.free.swap(0, Relaxed), c.all);
         d.pending.store(base, Relaxed);
         c.after_fork(&map);
-        assert_eq!(d.free.load(Relaxed), c.all, "pools of an undone release stay claimed");
+        assert_eq!(
+            d.free.load(Relaxed),
+            c.all,
+            "pools of an undone release stay claimed"
+        );
     }
 }

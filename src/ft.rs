@@ -25,9 +25,10 @@ use crate::arena_map::ArenaMap;
 use crate::central::Central;
 use crate::config::Geometry;
 use crate::os;
+use crate::pool::PoolHeader;
 use crate::stats::Stats;
 use crate::sync::Ordering;
-use crate::thread_cache::{self, remote_count, Cache, Ctx, DETACHED};
+use crate::thread_cache::{self, remote_count, Cache, CacheSlot, Ctx, DETACHED};
 use core::cell::Cell;
 use core::ptr;
 
@@ -66,7 +67,7 @@ pub(crate) struct FtHeap {
     /// remote frees (these and explicit handles; see `thread_cache`, protocol 2).
     process_heap: bool,
     pub(crate) central: Central,
-    caches: *mut Cache,
+    caches: *mut CacheSlot,
     by_tid: *mut *mut Cache,
 }
 
@@ -77,7 +78,7 @@ unsafe impl Send for FtHeap {}
 unsafe impl Sync for FtHeap {}
 
 fn caches_bytes() -> usize {
-    (MAX_CACHES * core::mem::size_of::<Cache>()).next_multiple_of(crate::config::page_size())
+    (MAX_CACHES * core::mem::size_of::<CacheSlot>()).next_multiple_of(crate::config::page_size())
 }
 
 fn by_tid_bytes() -> usize {
@@ -87,16 +88,16 @@ fn by_tid_bytes() -> usize {
 impl FtHeap {
     pub(crate) fn new(geo: Geometry, decay_ms: u64) -> Option<FtHeap> {
         let central = Central::new(geo, decay_ms)?;
-        let caches = os::map(caches_bytes()).cast::<Cache>();
+        let caches = os::map(caches_bytes()).cast::<CacheSlot>();
         let by_tid = os::map(by_tid_bytes()).cast::<*mut Cache>();
         if caches.is_null() || by_tid.is_null() {
             return None;
         }
-        // Zero bytes are a valid empty `Cache` with core atomics; loom's must be constructed.
+        // Zero bytes are a valid empty slot with core atomics; loom's must be constructed.
         #[cfg(loom)]
         for i in 0..MAX_CACHES {
             // SAFETY: i < MAX_CACHES, inside the fresh mapping.
-            unsafe { ptr::write(caches.add(i), Cache::new()) };
+            unsafe { ptr::write(caches.add(i), CacheSlot::new()) };
         }
         Some(FtHeap {
             id: NEXT_HEAP_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
@@ -126,17 +127,16 @@ impl FtHeap {
     pub(crate) fn acquire_cache(&self, batching: bool) -> *mut Cache {
         for i in 0..MAX_CACHES {
             // SAFETY: i < MAX_CACHES; slots hold valid caches.
-            let c = unsafe { self.caches.add(i) };
-            // SAFETY: as above.
-            let in_use = unsafe { &(*c).in_use };
+            let slot = unsafe { self.caches.add(i) };
+            // SAFETY: as above; a field projection, no reference to the cache.
+            let in_use = unsafe { &(*slot).in_use };
             if in_use.load(Ordering::Relaxed) == 0
                 && in_use
                     .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
             {
-                // SAFETY: we hold the slot now.
-                unsafe { (*c).set_batching(batching) };
-                return c;
+                // SAFETY: we hold the slot now, and a released slot's cache is empty.
+                return unsafe { CacheSlot::take(slot, batching) };
             }
         }
         ptr::null_mut()
@@ -147,10 +147,16 @@ impl FtHeap {
     /// # Safety
     /// `cache` must be a slot of this heap acquired by the caller and not used afterwards.
     pub(crate) unsafe fn release_cache(&self, cache: *mut Cache, cx: &Ctx<'_>) {
-        // SAFETY: the caller holds the slot exclusively.
+        // The cache is the first field of its slot (repr(C)): the slot's index from its address,
+        // and the slot pointer from the table (which has the provenance of the whole table).
+        let i = (cache as usize - self.caches as usize) / core::mem::size_of::<CacheSlot>();
+        debug_assert!(i < MAX_CACHES);
+        // SAFETY: the caller holds the slot exclusively; i < MAX_CACHES.
         unsafe {
             (*cache).abandon_all(cx);
-            (*cache).in_use.store(0, Ordering::Release);
+            // The last write of this owner; the next taker's is ordered after it by `in_use`.
+            crate::sync::track_plain(cache, true);
+            (*self.caches.add(i)).in_use.store(0, Ordering::Release);
         }
     }
 
@@ -310,21 +316,24 @@ impl FtHeap {
                 return;
             }
             // SAFETY: the arena is pinned and the header was written (for_each_pool's contract);
-            // we read only atomic fields.
-            let p = unsafe { &*pool };
-            let class = p.class();
+            // we read only atomic fields, each through its own projection (no reference to the
+            // header, whose plain fields the owner writes meanwhile).
+            let (class, next, word, refs, owner) = unsafe {
+                (
+                    PoolHeader::class(pool),
+                    PoolHeader::next_offset_racy(pool),
+                    (*pool).shared.remote.load(Ordering::Relaxed),
+                    PoolHeader::refs_racy(pool),
+                    (*pool).shared.owner.load(Ordering::Relaxed),
+                )
+            };
             // A header being purged under a claim reads as zeros: no carve mark.
-            if class == crate::pool::NO_CLASS
-                || (p.nextoffset.load(core::sync::atomic::Ordering::Relaxed) as usize)
-                    < geo.pool_overhead
-            {
+            if class == crate::pool::NO_CLASS || (next as usize) < geo.pool_overhead {
                 stats.unused_pools += 1;
                 return;
             }
-            let word = p.shared.remote.load(Ordering::Relaxed);
-            let in_use = p.refs().saturating_sub(remote_count(word));
+            let in_use = refs.saturating_sub(remote_count(word));
             stats.add_pool(class as usize, in_use as usize, geo);
-            let owner = p.shared.owner.load(Ordering::Relaxed);
             if owner != 0 {
                 stats.cached_pools += 1;
             } else if word & DETACHED == 0 {
@@ -332,11 +341,18 @@ impl FtHeap {
             }
         });
         for i in 0..MAX_CACHES {
-            // SAFETY: i < MAX_CACHES; `in_use` and `held` are atomics.
-            let c = unsafe { &*self.caches.add(i) };
-            if c.in_use.load(Ordering::Relaxed) != 0 {
+            // SAFETY: i < MAX_CACHES; `in_use` and `held` are atomics beside the cache (no
+            // reference to the cache, which its owner holds as `&mut`).
+            let (in_use, held) = unsafe {
+                let slot = self.caches.add(i);
+                (
+                    (*slot).in_use.load(Ordering::Relaxed),
+                    (*slot).held.load(core::sync::atomic::Ordering::Relaxed),
+                )
+            };
+            if in_use != 0 {
                 stats.thread_caches += 1;
-                stats.max_cached_pools = stats.max_cached_pools.max(c.held());
+                stats.max_cached_pools = stats.max_cached_pools.max(held);
             }
         }
     }

@@ -267,7 +267,7 @@ impl GilHeap {
                 continue;
             }
             // Returns at once if the word changed (released, or FORKING set meanwhile).
-            os::futex_wait(&self.state, s | WAITERS);
+            futex_wait(&self.state, s | WAITERS);
         }
     }
 
@@ -304,7 +304,7 @@ impl GilHeap {
                 .is_ok()
             {
                 if s & WAITERS != 0 {
-                    os::futex_wake(&self.state, 1);
+                    futex_wake(&self.state, 1);
                 }
                 return;
             }
@@ -352,7 +352,7 @@ impl GilHeap {
         let mut took = false;
         if !single {
             // Sleepers re-check and fall back instead of waiting (step 2).
-            os::futex_wake(&self.state, i32::MAX);
+            futex_wake(&self.state, i32::MAX);
             core::mem::forget(self.lock_wait(map));
             took = true;
         }
@@ -426,8 +426,8 @@ impl GilCore {
         unsafe {
             let was_full = PoolHeader::is_full(pool, &self.geo);
             PoolHeader::push(pool, block);
-            let class = (*pool).class() as usize;
-            if (*pool).refs() == 0 {
+            let class = PoolHeader::class(pool) as usize;
+            if PoolHeader::refs(pool) == 0 {
                 if !was_full {
                     self.unlink_used(pool, class);
                 }
@@ -678,10 +678,12 @@ impl GilCore {
             stats.unused_pools += ao.nfreepools as usize;
             let mut pool = ao.address;
             while pool < ao.pool_address {
-                // SAFETY: pools below pool_address were carved and have headers.
-                let p = unsafe { &*(pool as *const PoolHeader) };
-                if p.refs() > 0 {
-                    stats.add_pool(p.class() as usize, p.refs() as usize, &self.geo);
+                let p = pool as *const PoolHeader;
+                // SAFETY: pools below pool_address were carved and have headers; we hold the
+                // lock.
+                let (refs, class) = unsafe { (PoolHeader::refs(p), PoolHeader::class(p)) };
+                if refs > 0 {
+                    stats.add_pool(class as usize, refs as usize, &self.geo);
                 }
                 pool += self.geo.pool_size;
             }
@@ -726,7 +728,7 @@ impl GilCore {
                 let mut in_use = 0;
                 let mut pool = ao.address;
                 while pool < ao.pool_address {
-                    if (*(pool as *const PoolHeader)).refs() > 0 {
+                    if PoolHeader::refs(pool as *const PoolHeader) > 0 {
                         in_use += 1;
                     }
                     pool += self.geo.pool_size;
@@ -736,8 +738,8 @@ impl GilCore {
             for c in 0..NUM_CLASSES {
                 let mut p = self.usedpools[c];
                 while !p.is_null() {
-                    assert_eq!((*p).class() as usize, c);
-                    assert!((*p).refs() > 0);
+                    assert_eq!(PoolHeader::class(p) as usize, c);
+                    assert!(PoolHeader::refs(p) > 0);
                     assert!(!PoolHeader::is_full(p, &self.geo));
                     p = (*p).nextpool;
                 }
@@ -766,4 +768,34 @@ impl GilCore {
         };
         self.arenas = ptr::null_mut();
     }
+}
+
+/// Sleeps while `*word == expected` (Linux `futex(FUTEX_WAIT_PRIVATE)`, the lock's
+/// sleep; outside the free-threaded path, which never waits); returns at once if
+/// it differs, and may return spuriously: callers re-check in a loop.
+fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32) {
+    // SAFETY: `word` is a valid, aligned u32 for the whole call; a null timeout waits for a
+    // wake. The kernel only reads the word.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            ptr::null::<libc::timespec>(),
+        )
+    };
+}
+
+/// Wakes up to `n` threads sleeping in [`futex_wait`] on `word`.
+fn futex_wake(word: &core::sync::atomic::AtomicU32, n: i32) {
+    // SAFETY: `word` is a valid, aligned u32; waking touches no memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            n,
+        )
+    };
 }

@@ -19,8 +19,15 @@ static INTERNAL: AtomicBool = AtomicBool::new(false);
 /// For the C-ABI library (`preload/`), where `malloc` itself is ftmalloc: it calls this before
 /// its first allocation. A Rust program keeps the default (`malloc`), which is the same allocator
 /// reached through its public names.
+///
+/// # Safety
+/// It changes how every pointer the arena map does not know is freed, reallocated and sized
+/// from then on. The caller must call it before any allocation of any ftmalloc heap (so no
+/// pointer the allocator underneath handed out is later given to the other family), and only
+/// where the `__libc_*` entry points and the public `malloc` family are distinct allocators
+/// that must not be mixed, i.e. where `malloc` is interposed by ftmalloc itself.
 #[doc(hidden)]
-pub fn use_glibc_internal_allocator() {
+pub unsafe fn use_glibc_internal_allocator() {
     INTERNAL.store(true, Ordering::Release);
 }
 

@@ -53,6 +53,9 @@ pub use config::{Config, ConfigError, Geometry};
 pub use global::{FtMalloc, DEFAULT_MODE};
 pub use large::use_glibc_internal_allocator;
 pub use stats::{ArenaCounters, ClassStats, Stats};
+#[cfg(loom)]
+#[doc(hidden)]
+pub use sync::loom_shadow_reset;
 
 use arena_map::ArenaMap;
 use core::alloc::Layout;
@@ -260,7 +263,7 @@ impl Allocator {
     unsafe fn small_free(&self, pool: *mut PoolHeader, block: *mut u8, cache: *mut Cache) {
         if cfg!(feature = "asan") && !self.debug {
             // SAFETY: a checked block of `pool`, whose header is readable (atomic field).
-            let size = class_size(unsafe { (*pool).class() } as usize);
+            let size = class_size(unsafe { PoolHeader::class(pool) } as usize);
             asan::poison_freed(block, size);
         }
         match &self.front {
@@ -336,13 +339,12 @@ impl Allocator {
         };
         let pool = self.geo.pool_of(block as usize) as *mut PoolHeader;
         // SAFETY: the arena is mapped (the map knows it), so its pool headers are readable;
-        // only atomic fields are read.
+        // only atomic fields are read, each through its own projection.
         let (refs, class, next) = unsafe {
-            let h = &*pool;
             (
-                h.refs(),
-                h.class(),
-                h.nextoffset.load(core::sync::atomic::Ordering::Relaxed),
+                PoolHeader::refs_racy(pool),
+                PoolHeader::class(pool),
+                PoolHeader::next_offset_racy(pool),
             )
         };
         // A header never written reads as zeros (fresh mapping): no carve mark.
@@ -491,7 +493,7 @@ impl Allocator {
             let pool = self.geo.pool_of(ptr as usize) as *const PoolHeader;
             // SAFETY: ptr is a live block of ours, so its pool header is initialised and its
             // class does not change while the block is live.
-            class_size(unsafe { (*pool).class() } as usize)
+            class_size(unsafe { PoolHeader::class(pool) } as usize)
         } else if ptr.is_null() {
             0
         } else {

@@ -1,5 +1,4 @@
-//! The OS layer: aligned anonymous mappings, unmapping, purging, a coarse clock, and the futex
-//! GIL mode's lock sleeps on.
+//! The OS layer: aligned anonymous mappings, unmapping, purging, and a coarse clock.
 //!
 //! Nothing here allocates through an allocator; every function is a thin wrapper over
 //! `mmap`/`munmap`, so the allocator can call it while holding its own state.
@@ -97,35 +96,6 @@ pub(crate) fn now_ms() -> u64 {
     // SAFETY: ts is a valid out-pointer; the clock id is a constant Linux supports.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
-}
-
-/// Sleeps while `*word == expected` (Linux `futex(FUTEX_WAIT_PRIVATE)`); returns at once if
-/// it differs, and may return spuriously: callers re-check in a loop.
-pub(crate) fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32) {
-    // SAFETY: `word` is a valid, aligned u32 for the whole call; a null timeout waits for a
-    // wake. The kernel only reads the word.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            ptr::null::<libc::timespec>(),
-        )
-    };
-}
-
-/// Wakes up to `n` threads sleeping in [`futex_wait`] on `word`.
-pub(crate) fn futex_wake(word: &core::sync::atomic::AtomicU32, n: i32) {
-    // SAFETY: `word` is a valid, aligned u32; waking touches no memory.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            n,
-        )
-    };
 }
 
 #[cfg(test)]

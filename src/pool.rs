@@ -29,6 +29,28 @@ pub(crate) struct Block {
     pub(crate) next: *mut Block,
 }
 
+impl Block {
+    /// The link of a free block.
+    ///
+    /// # Safety
+    /// `b` must be a free block the caller holds (on a list it owns, or handed over to it).
+    #[inline(always)]
+    pub(crate) unsafe fn next(b: *const Block) -> *mut Block {
+        // SAFETY: per the contract.
+        unsafe { crate::sync::read_plain(&raw const (*b).next) }
+    }
+
+    /// Sets the link of a free block.
+    ///
+    /// # Safety
+    /// `b` must be a block the caller holds and may write (at least 16 bytes).
+    #[inline(always)]
+    pub(crate) unsafe fn set_next(b: *mut Block, next: *mut Block) {
+        // SAFETY: per the contract.
+        unsafe { crate::sync::write_plain(&raw mut (*b).next, next) }
+    }
+}
+
 /// `szidx` of a pool that has never been initialised for a class.
 pub(crate) const NO_CLASS: u32 = u32::MAX;
 
@@ -36,9 +58,12 @@ pub(crate) const NO_CLASS: u32 = u32::MAX;
 ///
 /// `ref_count`, `szidx` and `nextoffset` are written only by the owner (or under the lock), with
 /// plain relaxed loads and stores (no read-modify-write, so the same instructions as plain
-/// fields); they are atomics only so that [`Allocator::stats`](crate::Allocator::stats) may read
-/// them while threads run without a data race. No protocol depends on them, so they are
-/// `core` atomics, outside the loom facade.
+/// fields); they are atomics only so that [`Allocator::stats`](crate::Allocator::stats) and the
+/// free check may read them while threads run without a data race. They are `core` atomics,
+/// outside the loom facade; the owner's accesses (and those of `freeblock`, `nextpool`,
+/// `prevpool` and free-block links) go through `crate::sync`'s plain-memory tracking, so loom
+/// checks that the protocols hand them over. Every access goes through the accessors below,
+/// which never make a reference to the whole header.
 #[repr(C)]
 pub(crate) struct PoolHeader {
     /// Blocks handed out by this pool and not yet returned to its local free list.
@@ -76,26 +101,24 @@ impl PoolHeader {
     /// # Safety
     /// `pool` must point to at least a header's worth of writable memory owned by the caller.
     pub(crate) unsafe fn init_fresh(pool: *mut PoolHeader, arena_index: u32) {
-        // SAFETY: the caller owns the memory; `write` does not read the old (zero) contents.
+        // SAFETY: the caller owns the memory, which is zero bytes (a fresh mapping or purged
+        // pages: valid atomics). The fields statistics may read racily (a reader that loaded
+        // the `inited` bit before a purge; see `central`, protocol step 5) are written with
+        // atomic stores, the rest field by field: no reference to the whole header.
         unsafe {
-            ptr::write(
-                pool,
-                PoolHeader {
-                    ref_count: AtomicU32::new(0),
-                    szidx: AtomicU32::new(NO_CLASS),
-                    arena_index,
-                    nextoffset: AtomicU32::new(0),
-                    freeblock: ptr::null_mut(),
-                    nextpool: ptr::null_mut(),
-                    prevpool: ptr::null_mut(),
-                    shared: PoolShared {
-                        owner: AtomicUsize::new(0),
-                        remote: AtomicUsize::new(0),
-                        next_abandoned: AtomicPtr::new(ptr::null_mut()),
-                    },
-                },
-            )
-        };
+            (*pool).szidx.store(NO_CLASS, Relaxed);
+            Self::set_refs(pool, 0);
+            Self::set_next_offset(pool, 0);
+            (&raw mut (*pool).arena_index).write(arena_index);
+            Self::set_free(pool, ptr::null_mut());
+            Self::set_next_pool(pool, ptr::null_mut());
+            Self::set_prev_pool(pool, ptr::null_mut());
+            (&raw mut (*pool).shared).write(PoolShared {
+                owner: AtomicUsize::new(0),
+                remote: AtomicUsize::new(0),
+                next_abandoned: AtomicPtr::new(ptr::null_mut()),
+            });
+        }
     }
 
     /// Prepares an empty pool to serve `class`. Keeps the free list and carve mark when the
@@ -107,12 +130,13 @@ impl PoolHeader {
     #[inline]
     pub(crate) unsafe fn prepare(pool: *mut PoolHeader, class: usize, geo: &Geometry) {
         // SAFETY: the caller owns the header.
-        let p = unsafe { &mut *pool };
-        debug_assert_eq!(p.ref_count.load(Relaxed), 0);
-        if p.szidx.load(Relaxed) != class as u32 {
-            p.szidx.store(class as u32, Relaxed);
-            p.nextoffset.store(geo.pool_overhead as u32, Relaxed);
-            p.freeblock = ptr::null_mut();
+        unsafe {
+            debug_assert_eq!(Self::refs(pool), 0);
+            if Self::class(pool) != class as u32 {
+                (*pool).szidx.store(class as u32, Relaxed);
+                Self::set_next_offset(pool, geo.pool_overhead as u32);
+                Self::set_free(pool, ptr::null_mut());
+            }
         }
     }
 
@@ -122,22 +146,22 @@ impl PoolHeader {
     /// `pool` must be a prepared pool owned by the caller (or guarded by the caller's lock).
     #[inline(always)]
     pub(crate) unsafe fn pop(pool: *mut PoolHeader, geo: &Geometry) -> *mut u8 {
-        // SAFETY: the caller owns the header.
-        let p = unsafe { &mut *pool };
-        let b = p.freeblock;
-        if !b.is_null() {
-            // SAFETY: blocks on the local free list are free blocks of this pool, whose first
-            // word is the link written by `push` or by remote-list collection.
-            p.freeblock = unsafe { (*b).next };
-            p.add_ref(1);
-            return b.cast();
-        }
-        let size = class_size(p.szidx.load(Relaxed) as usize) as u32;
-        let next = p.nextoffset.load(Relaxed);
-        if (next + size) as usize <= geo.pool_size {
-            p.nextoffset.store(next + size, Relaxed);
-            p.add_ref(1);
-            return (pool as usize + next as usize) as *mut u8;
+        // SAFETY: the caller owns the header. Blocks on the local free list are free blocks of
+        // this pool, whose first word is the link written by `push` or by a remote freer.
+        unsafe {
+            let b = Self::free(pool);
+            if !b.is_null() {
+                Self::set_free(pool, Block::next(b));
+                Self::add_ref(pool, 1);
+                return b.cast();
+            }
+            let size = class_size(Self::class(pool) as usize) as u32;
+            let next = Self::next_offset(pool);
+            if (next + size) as usize <= geo.pool_size {
+                Self::set_next_offset(pool, next + size);
+                Self::add_ref(pool, 1);
+                return (pool as usize + next as usize) as *mut u8;
+            }
         }
         ptr::null_mut()
     }
@@ -151,38 +175,178 @@ impl PoolHeader {
     pub(crate) unsafe fn push(pool: *mut PoolHeader, block: *mut u8) {
         // SAFETY: the caller owns the header and the block, which is at least 16 bytes.
         unsafe {
-            let p = &mut *pool;
             let b = block.cast::<Block>();
-            (*b).next = p.freeblock;
-            p.freeblock = b;
-            p.sub_ref(1);
+            Block::set_next(b, Self::free(pool));
+            Self::set_free(pool, b);
+            Self::sub_ref(pool, 1);
         }
     }
 
+    // Field accessors. They take a raw pointer and touch only their field, never a reference
+    // to the whole header: other threads use the shared line (and statistics read the
+    // counters) while the owner writes its line, so a `&PoolHeader` or `&mut PoolHeader`
+    // spanning both would be an aliasing violation. The owner's accessors go through
+    // `crate::sync`'s plain-memory tracking, so loom checks that ownership hand-overs publish
+    // them.
+
     /// `ref_count += n` by the owner (a load and a store, no read-modify-write).
+    ///
+    /// # Safety
+    /// The caller owns `pool` (or holds the GIL-mode lock).
     #[inline(always)]
-    pub(crate) fn add_ref(&self, n: u32) {
-        self.ref_count
-            .store(self.ref_count.load(Relaxed) + n, Relaxed);
+    pub(crate) unsafe fn add_ref(pool: *mut PoolHeader, n: u32) {
+        // SAFETY: per the contract.
+        unsafe { Self::set_refs(pool, Self::refs(pool) + n) }
     }
 
     /// `ref_count -= n` by the owner (a load and a store, no read-modify-write).
+    ///
+    /// # Safety
+    /// As [`add_ref`](Self::add_ref).
     #[inline(always)]
-    pub(crate) fn sub_ref(&self, n: u32) {
-        self.ref_count
-            .store(self.ref_count.load(Relaxed) - n, Relaxed);
+    pub(crate) unsafe fn sub_ref(pool: *mut PoolHeader, n: u32) {
+        // SAFETY: per the contract.
+        unsafe { Self::set_refs(pool, Self::refs(pool) - n) }
     }
 
     /// The owner's view of `ref_count`.
+    ///
+    /// # Safety
+    /// As [`add_ref`](Self::add_ref).
     #[inline(always)]
-    pub(crate) fn refs(&self) -> u32 {
-        self.ref_count.load(Relaxed)
+    pub(crate) unsafe fn refs(pool: *const PoolHeader) -> u32 {
+        // SAFETY: per the contract; a field projection, no reference to the header.
+        unsafe {
+            crate::sync::track_plain(&raw const (*pool).ref_count, false);
+            (*pool).ref_count.load(Relaxed)
+        }
     }
 
-    /// The size class (or [`NO_CLASS`]).
     #[inline(always)]
-    pub(crate) fn class(&self) -> u32 {
-        self.szidx.load(Relaxed)
+    unsafe fn set_refs(pool: *mut PoolHeader, n: u32) {
+        // SAFETY: the caller owns the pool.
+        unsafe {
+            crate::sync::track_plain(&raw const (*pool).ref_count, true);
+            (*pool).ref_count.store(n, Relaxed)
+        }
+    }
+
+    /// `ref_count` read by any thread (statistics, the free check): approximate while the
+    /// owner runs, and not tracked by loom.
+    ///
+    /// # Safety
+    /// `pool` must be a readable header (a claimed pool, or inside a mapped arena).
+    #[inline(always)]
+    pub(crate) unsafe fn refs_racy(pool: *const PoolHeader) -> u32 {
+        // SAFETY: per the contract; an atomic field.
+        unsafe { (*pool).ref_count.load(Relaxed) }
+    }
+
+    /// The size class (or [`NO_CLASS`]). Any thread may read it: it changes only while the
+    /// pool has no live block, so a thread holding one of its blocks reads a stable value.
+    ///
+    /// # Safety
+    /// `pool` must be a readable header.
+    #[inline(always)]
+    pub(crate) unsafe fn class(pool: *const PoolHeader) -> u32 {
+        // SAFETY: per the contract; an atomic field.
+        unsafe { (*pool).szidx.load(Relaxed) }
+    }
+
+    /// The carve mark, read by its owner.
+    ///
+    /// # Safety
+    /// As [`add_ref`](Self::add_ref).
+    #[inline(always)]
+    pub(crate) unsafe fn next_offset(pool: *const PoolHeader) -> u32 {
+        // SAFETY: per the contract.
+        unsafe {
+            crate::sync::track_plain(&raw const (*pool).nextoffset, false);
+            (*pool).nextoffset.load(Relaxed)
+        }
+    }
+
+    /// Sets the carve mark.
+    ///
+    /// # Safety
+    /// As [`add_ref`](Self::add_ref).
+    #[inline(always)]
+    pub(crate) unsafe fn set_next_offset(pool: *mut PoolHeader, n: u32) {
+        // SAFETY: per the contract.
+        unsafe {
+            crate::sync::track_plain(&raw const (*pool).nextoffset, true);
+            (*pool).nextoffset.store(n, Relaxed)
+        }
+    }
+
+    /// The carve mark read by any thread (statistics, the free check), untracked.
+    ///
+    /// # Safety
+    /// As [`refs_racy`](Self::refs_racy).
+    #[inline(always)]
+    pub(crate) unsafe fn next_offset_racy(pool: *const PoolHeader) -> u32 {
+        // SAFETY: per the contract; an atomic field.
+        unsafe { (*pool).nextoffset.load(Relaxed) }
+    }
+
+    /// The head of the local free list.
+    ///
+    /// # Safety
+    /// As [`add_ref`](Self::add_ref).
+    #[inline(always)]
+    pub(crate) unsafe fn free(pool: *const PoolHeader) -> *mut Block {
+        // SAFETY: per the contract.
+        unsafe { crate::sync::read_plain(&raw const (*pool).freeblock) }
+    }
+
+    /// Sets the head of the local free list.
+    ///
+    /// # Safety
+    /// As [`add_ref`](Self::add_ref).
+    #[inline(always)]
+    pub(crate) unsafe fn set_free(pool: *mut PoolHeader, b: *mut Block) {
+        // SAFETY: per the contract.
+        unsafe { crate::sync::write_plain(&raw mut (*pool).freeblock, b) }
+    }
+
+    /// The next pool on the owner's list.
+    ///
+    /// # Safety
+    /// As [`add_ref`](Self::add_ref).
+    #[inline(always)]
+    pub(crate) unsafe fn next_pool(pool: *const PoolHeader) -> *mut PoolHeader {
+        // SAFETY: per the contract.
+        unsafe { crate::sync::read_plain(&raw const (*pool).nextpool) }
+    }
+
+    /// The previous pool on the owner's list.
+    ///
+    /// # Safety
+    /// As [`add_ref`](Self::add_ref).
+    #[inline(always)]
+    pub(crate) unsafe fn prev_pool(pool: *const PoolHeader) -> *mut PoolHeader {
+        // SAFETY: per the contract.
+        unsafe { crate::sync::read_plain(&raw const (*pool).prevpool) }
+    }
+
+    /// Sets the list links.
+    ///
+    /// # Safety
+    /// As [`add_ref`](Self::add_ref).
+    #[inline(always)]
+    pub(crate) unsafe fn set_next_pool(pool: *mut PoolHeader, p: *mut PoolHeader) {
+        // SAFETY: per the contract.
+        unsafe { crate::sync::write_plain(&raw mut (*pool).nextpool, p) }
+    }
+
+    /// Sets the list links.
+    ///
+    /// # Safety
+    /// As [`add_ref`](Self::add_ref).
+    #[inline(always)]
+    pub(crate) unsafe fn set_prev_pool(pool: *mut PoolHeader, p: *mut PoolHeader) {
+        // SAFETY: per the contract.
+        unsafe { crate::sync::write_plain(&raw mut (*pool).prevpool, p) }
     }
 
     /// True when neither the free list nor the carve mark can give a block.
@@ -192,9 +356,11 @@ impl PoolHeader {
     #[inline(always)]
     pub(crate) unsafe fn is_full(pool: *const PoolHeader, geo: &Geometry) -> bool {
         // SAFETY: the caller owns the header.
-        let p = unsafe { &*pool };
-        p.freeblock.is_null()
-            && p.nextoffset.load(Relaxed) as usize + class_size(p.class() as usize) > geo.pool_size
+        unsafe {
+            Self::free(pool).is_null()
+                && Self::next_offset(pool) as usize + class_size(Self::class(pool) as usize)
+                    > geo.pool_size
+        }
     }
 
     /// True when `addr` is the start of a block already carved from `pool` (the allocator's
@@ -209,14 +375,14 @@ impl PoolHeader {
         geo: &Geometry,
     ) -> bool {
         // SAFETY: the caller may read the header.
-        let p = unsafe { &*pool };
-        if p.class() == NO_CLASS {
+        let (class, next) = unsafe { (Self::class(pool), Self::next_offset_racy(pool)) };
+        if class == NO_CLASS {
             return false;
         }
         let off = addr - pool as usize;
         off >= geo.pool_overhead
-            && off < p.nextoffset.load(Relaxed) as usize
-            && (off - geo.pool_overhead) % class_size(p.class() as usize) == 0
+            && off < next as usize
+            && (off - geo.pool_overhead) % class_size(class as usize) == 0
     }
 }
 
@@ -264,9 +430,9 @@ mod tests {
             for b in blocks.drain(..) {
                 PoolHeader::push(pool, b);
             }
-            assert_eq!((*pool).refs(), 0);
+            assert_eq!(PoolHeader::refs(pool), 0);
             let mark = (*pool).nextoffset.load(Relaxed);
-            let head = (*pool).freeblock.cast::<u8>();
+            let head = PoolHeader::free(pool).cast::<u8>();
             PoolHeader::prepare(pool, 3, &geo);
             assert_eq!(
                 (*pool).nextoffset.load(Relaxed),

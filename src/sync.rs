@@ -4,6 +4,19 @@
 //!
 //! Normal builds re-export `core`/`std`; loom builds re-export `loom`. The GIL mode's one lock
 //! and the arena map (see its module docs) are deliberately outside the facade.
+//!
+//! # Plain memory the protocols publish
+//! The protocols hand over more than atomics: a remote freer writes a free block's link and the
+//! owner reads it after collecting the remote list; a pool's new owner reads the header fields
+//! (`freeblock`, `nextpool`, `ref_count`, `nextoffset`) its previous owner wrote. Those are plain
+//! memory inside mappings (blocks and headers are not Rust objects loom could construct), so
+//! every access to them goes through [`read_plain`] / [`write_plain`] (or the pool header's
+//! accessors built on them). Normally they are a plain read or write. Under loom each also
+//! touches a `loom::cell::UnsafeCell` kept for that address (a shadow cell: `with` for a read,
+//! `with_mut` for a write), so loom checks that every read of plain memory happens after the
+//! write it reads and every write after the accesses it overwrites: it reports "Causality
+//! violation" where a weakened ordering leaves such an access unsynchronised. Models call
+//! [`loom_shadow_reset`] at the start of every execution (`tests/loom.rs` does, in `model`).
 
 #[cfg(loom)]
 #[allow(unused_imports)]
@@ -28,3 +41,75 @@ macro_rules! ft_thread_local {
     };
 }
 pub(crate) use ft_thread_local;
+
+/// Reads plain memory that a protocol publishes (see the module docs).
+///
+/// # Safety
+/// As [`core::ptr::read`].
+#[inline(always)]
+pub(crate) unsafe fn read_plain<T: Copy>(p: *const T) -> T {
+    #[cfg(loom)]
+    shadow::access(p as usize, false);
+    // SAFETY: forwarded contract.
+    unsafe { p.read() }
+}
+
+/// Writes plain memory that a protocol publishes (see the module docs).
+///
+/// # Safety
+/// As [`core::ptr::write`].
+#[inline(always)]
+pub(crate) unsafe fn write_plain<T: Copy>(p: *mut T, v: T) {
+    #[cfg(loom)]
+    shadow::access(p as usize, true);
+    // SAFETY: forwarded contract.
+    unsafe { p.write(v) }
+}
+
+/// Records an access to plain memory written or read through an atomic type for another
+/// reason (the header fields statistics read racily: `ref_count`, `nextoffset`). A no-op
+/// outside loom.
+#[inline(always)]
+pub(crate) fn track_plain<T>(_p: *const T, _write: bool) {
+    #[cfg(loom)]
+    shadow::access(_p as usize, _write);
+}
+
+/// Forgets every shadow cell: call at the start of every loom execution (the cells of the last
+/// one belong to a finished execution).
+#[cfg(loom)]
+#[doc(hidden)]
+pub fn loom_shadow_reset() {
+    shadow::CELLS.with(|m| m.borrow_mut().clear());
+}
+
+#[cfg(loom)]
+mod shadow {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    std::thread_local! {
+        // Loom runs every thread of a model on the test's OS thread (as coroutines), so one
+        // OS-thread-local table serves them all. A loom `UnsafeCell` has no destructor that
+        // touches the execution, so clearing the table between executions is sound.
+        pub(super) static CELLS: RefCell<HashMap<usize, loom::cell::UnsafeCell<()>>> =
+            RefCell::new(HashMap::new());
+    }
+
+    #[track_caller]
+    pub(super) fn access(addr: usize, write: bool) {
+        CELLS.with(|m| {
+            let mut m = m.borrow_mut();
+            // A cell created at its first access records that access's causality: the same
+            // check loom makes for a cell constructed there.
+            let cell = m
+                .entry(addr)
+                .or_insert_with(|| loom::cell::UnsafeCell::new(()));
+            if write {
+                cell.with_mut(|_| ());
+            } else {
+                cell.with(|_| ());
+            }
+        });
+    }
+}

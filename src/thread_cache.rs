@@ -151,10 +151,54 @@ pub(crate) struct Cache {
     ticks: u32,
     /// Whether remote frees are batched (set when the slot is taken; protocol 2).
     batching: bool,
-    /// Pools this cache owns (written by the owner, read by statistics).
-    held: StatAtomic,
+    /// Pools this cache owns.
+    held: usize,
+    /// Where `held` is published for statistics: the slot's counter (null for a cache on the
+    /// stack, which statistics never see).
+    held_out: *const StatAtomic,
+}
+
+/// A slot of the heap's cache table: the cache, touched only by the thread or handle that took
+/// the slot, and beside it the words other threads read (`in_use` by threads taking a slot,
+/// `held` by statistics). The cache sits in an `UnsafeCell`, so its owner's `&mut Cache` covers
+/// only the cache, never a word another thread reads.
+#[repr(C, align(64))]
+pub(crate) struct CacheSlot {
+    /// The cache; its address is the owner token (64-aligned: first field of the slot).
+    cache: core::cell::UnsafeCell<Cache>,
     /// 1 while a thread or handle uses this slot.
     pub(crate) in_use: AtomicUsize,
+    /// Pools the cache owns (written by the owner, read by statistics).
+    pub(crate) held: StatAtomic,
+}
+
+impl CacheSlot {
+    #[cfg_attr(not(loom), allow(dead_code))]
+    pub(crate) fn new() -> CacheSlot {
+        CacheSlot {
+            cache: core::cell::UnsafeCell::new(Cache::new()),
+            in_use: AtomicUsize::new(0),
+            held: StatAtomic::new(0),
+        }
+    }
+
+    /// The slot's cache, wired to publish its pool count in the slot.
+    ///
+    /// # Safety
+    /// `slot` must be a slot of a live table, taken by the caller (`in_use` won), whose cache
+    /// is empty.
+    pub(crate) unsafe fn take(slot: *mut CacheSlot, batching: bool) -> *mut Cache {
+        // SAFETY: per the contract the slot is ours; `raw_get` keeps the slot pointer's
+        // provenance and makes no reference.
+        unsafe {
+            let c = core::cell::UnsafeCell::raw_get(&raw const (*slot).cache);
+            // The cache is plain memory handed over through `in_use` (see `crate::sync`).
+            crate::sync::track_plain(c, true);
+            (*c).held_out = &raw const (*slot).held;
+            (*c).set_batching(batching);
+            c
+        }
+    }
 }
 
 /// What a cache needs from its heap.
@@ -179,8 +223,8 @@ impl Cache {
             sweep_at: ptr::null_mut(),
             ticks: 0,
             batching: false,
-            held: StatAtomic::new(0),
-            in_use: AtomicUsize::new(0),
+            held: 0,
+            held_out: ptr::null(),
         }
     }
 
@@ -299,7 +343,7 @@ impl Cache {
         // SAFETY: per the contract we own the pool and the block.
         unsafe {
             PoolHeader::push(pool, block);
-            if (*pool).refs() == 0 {
+            if PoolHeader::refs(pool) == 0 {
                 self.pool_emptied(pool, cx);
             }
         }
@@ -310,7 +354,7 @@ impl Cache {
     unsafe fn pool_emptied(&mut self, pool: *mut PoolHeader, cx: &Ctx<'_>) {
         // SAFETY: we own the pool (free_local's contract).
         unsafe {
-            let class = (*pool).class() as usize;
+            let class = PoolHeader::class(pool) as usize;
             if self.classes[class].current == pool {
                 self.ticks += 1;
                 if self.ticks >= SWEEP_EVERY {
@@ -352,14 +396,17 @@ impl Cache {
     }
 
     #[inline]
-    fn add_held(&self, d: isize) {
-        self.held
-            .store(self.held.load(Relaxed).wrapping_add_signed(d), Relaxed);
+    fn add_held(&mut self, d: isize) {
+        self.held = self.held.wrapping_add_signed(d);
+        if !self.held_out.is_null() {
+            // SAFETY: the slot outlives its cache; only the owner stores to this counter.
+            unsafe { (*self.held_out).store(self.held, Relaxed) };
+        }
     }
 
-    /// Pools this cache owns (statistics; read from any thread).
+    /// Pools this cache owns.
     pub(crate) fn held(&self) -> usize {
-        self.held.load(Relaxed)
+        self.held
     }
 
     /// Takes ownership of a pool handed over to us (protocols 2 and 6): collect its remote
@@ -382,7 +429,7 @@ impl Cache {
         unsafe {
             (*pool).shared.owner.store(self.token(), Ordering::Relaxed);
             self.add_held(1);
-            if (*pool).freeblock.is_null() {
+            if PoolHeader::free(pool).is_null() {
                 collect(pool);
             }
             if !keep_empty && reclaim_if_free(pool, cx.geo) {
@@ -403,7 +450,7 @@ impl Cache {
     unsafe fn receive(&mut self, pool: *mut PoolHeader, former: usize, cx: &Ctx<'_>) {
         // SAFETY: we hold the pool; its class is stable while it has live blocks.
         unsafe {
-            let class = (*pool).class() as usize;
+            let class = PoolHeader::class(pool) as usize;
             let cc = self.classes[class];
             if former == self.token() || (!cc.current.is_null() && cc.partial.is_null()) {
                 self.take_over(pool, class, false, cx);
@@ -459,7 +506,7 @@ impl Cache {
         let batch = &mut self.batches[slot];
         if batch.pool == pool {
             // SAFETY: the block is ours until published; the batch's chain is ours.
-            unsafe { (*b).next = batch.head };
+            unsafe { Block::set_next(b, batch.head) };
             batch.head = b;
             batch.count += 1;
             if batch.count >= BATCH_LIMIT {
@@ -471,7 +518,7 @@ impl Cache {
             self.flush(slot, cx);
         }
         // SAFETY: as above.
-        unsafe { (*b).next = ptr::null_mut() };
+        unsafe { Block::set_next(b, ptr::null_mut()) };
         self.batches[slot] = Batch {
             pool,
             head: b,
@@ -527,13 +574,13 @@ impl Cache {
             budget -= 1;
             // SAFETY: p is on our partial list of `sweep_class`, so we own it.
             unsafe {
-                let next = (*p).nextpool;
+                let next = PoolHeader::next_pool(p);
                 if next.is_null() {
                     self.sweep_class = (self.sweep_class + 1) % NUM_CLASSES;
                 }
                 self.sweep_at = next;
                 if reclaim_if_free(p, cx.geo) {
-                    let class = (*p).class() as usize;
+                    let class = PoolHeader::class(p) as usize;
                     self.unlink_partial(p, class);
                     self.give_back(p, cx);
                     returned += 1;
@@ -614,7 +661,7 @@ impl Cache {
             while !p.is_null() {
                 n += 1;
                 // SAFETY: partial pools are owned by this cache and linked through nextpool.
-                p = unsafe { (*p).nextpool };
+                p = unsafe { PoolHeader::next_pool(p) };
             }
         }
         debug_assert_eq!(n, self.held());
@@ -625,10 +672,10 @@ impl Cache {
         let head = self.classes[class].partial;
         // SAFETY: pool and head are owned by this cache.
         unsafe {
-            (*pool).nextpool = head;
-            (*pool).prevpool = ptr::null_mut();
+            PoolHeader::set_next_pool(pool, head);
+            PoolHeader::set_prev_pool(pool, ptr::null_mut());
             if !head.is_null() {
-                (*head).prevpool = pool;
+                PoolHeader::set_prev_pool(head, pool);
             }
         }
         self.classes[class].partial = pool;
@@ -649,15 +696,15 @@ impl Cache {
     unsafe fn unlink_partial(&mut self, pool: *mut PoolHeader, class: usize) {
         // SAFETY: pool and its neighbours are owned by this cache.
         unsafe {
-            let (prev, next) = ((*pool).prevpool, (*pool).nextpool);
+            let (prev, next) = (PoolHeader::prev_pool(pool), PoolHeader::next_pool(pool));
             if prev.is_null() {
                 debug_assert_eq!(self.classes[class].partial, pool);
                 self.classes[class].partial = next;
             } else {
-                (*prev).nextpool = next;
+                PoolHeader::set_next_pool(prev, next);
             }
             if !next.is_null() {
-                (*next).prevpool = prev;
+                PoolHeader::set_prev_pool(next, prev);
             }
             if self.sweep_at == pool {
                 // Keep the cursor on the list (null restarts it at the head).
@@ -687,7 +734,7 @@ unsafe fn publish(pool: *mut PoolHeader, head: *mut Block, tail: *mut Block, n: 
         // A detached word's pointer bits name the detaching cache; its list is empty.
         let link = if h & DETACHED != 0 { 0 } else { h & PTR_MASK };
         // SAFETY: we own the chain until the compare-exchange publishes it.
-        unsafe { (*tail).next = link as *mut Block };
+        unsafe { Block::set_next(tail, link as *mut Block) };
         let new = head as usize | ((remote_count(h) as usize + n as usize) << COUNT_SHIFT);
         // Release publishes the chain's links; acquire makes the detaching owner's header
         // writes visible if this exchange clears DETACHED (and costs nothing more on x86,
@@ -720,7 +767,8 @@ unsafe fn publish_received(pool: *mut PoolHeader, cx: &Ctx<'_>) {
         if reclaim_if_free(pool, cx.geo) {
             cx.central.return_pool(pool, cx.map);
         } else {
-            cx.central.push_abandoned(pool, (*pool).class() as usize);
+            cx.central
+                .push_abandoned(pool, PoolHeader::class(pool) as usize);
         }
     }
 }
@@ -750,20 +798,19 @@ pub(crate) unsafe fn remote_free_direct(pool: *mut PoolHeader, block: *mut u8, c
 pub(crate) unsafe fn collect(pool: *mut PoolHeader) -> u32 {
     // SAFETY: the caller owns the pool.
     unsafe {
-        let p = &mut *pool;
         debug_assert!(
-            p.freeblock.is_null(),
+            PoolHeader::free(pool).is_null(),
             "collecting into a non-empty local list"
         );
-        let remote = &p.shared.remote;
+        let remote = &(*pool).shared.remote;
         if remote.load(Ordering::Relaxed) == 0 {
             return 0;
         }
         let h = remote.swap(0, Ordering::Acquire);
         debug_assert_eq!(h & FLAGS, 0, "collecting a detached pool");
         let n = remote_count(h);
-        p.freeblock = (h & PTR_MASK) as *mut Block;
-        p.sub_ref(n);
+        PoolHeader::set_free(pool, (h & PTR_MASK) as *mut Block);
+        PoolHeader::sub_ref(pool, n);
         n
     }
 }
@@ -777,9 +824,8 @@ pub(crate) unsafe fn collect(pool: *mut PoolHeader) -> u32 {
 unsafe fn reclaim_if_free(pool: *mut PoolHeader, geo: &Geometry) -> bool {
     // SAFETY: the caller owns the pool.
     unsafe {
-        let p = &mut *pool;
-        let remote = &p.shared.remote;
-        let refs = p.refs();
+        let remote = &(*pool).shared.remote;
+        let refs = PoolHeader::refs(pool);
         if refs != remote_count(remote.load(Ordering::Relaxed)) {
             return false;
         }
@@ -787,10 +833,10 @@ unsafe fn reclaim_if_free(pool: *mut PoolHeader, geo: &Geometry) -> bool {
             // No block is live, so no one else can publish: the list holds exactly `refs`.
             let h = remote.swap(0, Ordering::Acquire);
             debug_assert_eq!(remote_count(h), refs);
-            p.sub_ref(refs);
+            PoolHeader::sub_ref(pool, refs);
         }
-        p.freeblock = ptr::null_mut();
-        p.nextoffset.store(geo.pool_overhead as u32, Relaxed);
+        PoolHeader::set_free(pool, ptr::null_mut());
+        PoolHeader::set_next_offset(pool, geo.pool_overhead as u32);
         true
     }
 }

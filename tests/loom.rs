@@ -29,6 +29,9 @@ fn model<F: Fn() + Sync + Send + 'static>(name: &str, f: F) {
     let r = runs.clone();
     let f = Arc::new(f);
     loom::model(move || {
+        // The shadow cells through which loom sees plain memory (free-block links, pool
+        // header fields) belong to one execution: start each with none (see `crate::sync`).
+        ftmalloc::loom_shadow_reset();
         r.fetch_add(1, Ordering::Relaxed);
         let f = f.clone();
         spawn(move || f()).join().unwrap();
@@ -575,6 +578,449 @@ fn two_adopters() {
         for t in adopters {
             live.extend(t.join().unwrap());
         }
+        check(&a, &live);
+        drain(&a, live, l);
+    });
+}
+
+/// Layout of `n` bytes (16-aligned).
+fn lay(n: usize) -> Layout {
+    Layout::from_size_align(n, 16).unwrap()
+}
+
+/// (j) Statistics read while an arena is released and its descriptor reused for a new arena
+/// (the release handshake, `central` protocol steps 3 and 5): the reader never reads a pool
+/// header that was not written, nor one being written.
+#[test]
+fn stats_vs_arena_release_and_reuse() {
+    model("j: stats vs arena release and reuse", || {
+        let (a, _) = tiny_heap();
+        // Arena 0: four pools of four classes, held throughout.
+        let mut keep = a.thread_cache().unwrap();
+        // SAFETY: fresh blocks, freed at the end.
+        let held: Vec<usize> = [32, 48, 64, 80]
+            .iter()
+            .map(|&n| unsafe { keep.alloc(lay(n)) } as usize)
+            .collect();
+        // Arena 1 (descriptor slot 1): one pool of 224-byte blocks.
+        // SAFETY: a2, moved into the releaser with r, outlives r.
+        let mut r = unsafe { detached_handle(&a) };
+        // SAFETY: fresh block.
+        let rb = unsafe { r.alloc(lay(224)) } as usize;
+        assert_eq!(a.stats().counters.current, 2);
+        let a1 = a.clone();
+        let reader = spawn(move || {
+            let s = a1.stats();
+            // No pool ever served 16-byte blocks: such a row would be a header read before
+            // (or while) it was written.
+            assert_eq!(s.classes[0].pools, 0, "an unwritten header was read:\n{s}");
+        });
+        let a2 = a.clone();
+        let releaser = spawn(move || {
+            // SAFETY: r's block, freed once: its pool goes back and arena 1 is released.
+            unsafe { r.free(rb as *mut u8) };
+            drop(r);
+            // Arena 0 is full: a new arena takes the freed descriptor slot.
+            let mut n = a2.thread_cache().unwrap();
+            // SAFETY: allocated and freed at once.
+            unsafe {
+                let p = n.alloc(lay(96));
+                n.free(p);
+            }
+            drop(n);
+        });
+        reader.join().unwrap();
+        releaser.join().unwrap();
+        check(&a, &held);
+        for p in held {
+            // SAFETY: freed once.
+            unsafe { keep.free(p as *mut u8) };
+        }
+        drop(keep);
+        check(&a, &[]);
+    });
+}
+
+/// (k) A full pool detached by its owner; the owner (with its cache) and two cache-less
+/// threads free one block each at once: exactly one of them receives the pool.
+#[test]
+fn three_freers_into_a_detached_pool() {
+    model("k: three freers into a detached pool", || {
+        let (a, l) = tiny_heap();
+        let mut owner = a.thread_cache().unwrap();
+        let blocks = fill_one_pool(&mut owner, l);
+        // The pool is full: this allocation detaches it and claims another.
+        // SAFETY: fresh block.
+        let extra = unsafe { owner.alloc(l) } as usize;
+        assert_eq!(owner.pools(), 1);
+        let freers: Vec<_> = [blocks[0], blocks[1]]
+            .into_iter()
+            .map(|p| {
+                let a = a.clone();
+                // SAFETY: freed once (a cache-less remote free).
+                spawn(move || unsafe { a.free(p as *mut u8) })
+            })
+            .collect();
+        // SAFETY: freed once, by the detaching owner.
+        unsafe { owner.free(blocks[2] as *mut u8) };
+        for t in freers {
+            t.join().unwrap();
+        }
+        let s = a.stats();
+        let kept = owner.pools() == 2;
+        let published = s.abandoned_pools == 1;
+        assert!(
+            kept ^ published,
+            "the pool was received {} times:\n{s}",
+            kept as u8 + published as u8
+        );
+        let mut live = vec![blocks[3], extra];
+        check(&a, &live);
+        // The three freed blocks come back (the owner's list, or by adoption).
+        let mut got = HashSet::new();
+        for _ in 0..6 {
+            // SAFETY: fresh block.
+            let p = unsafe { owner.alloc(l) } as usize;
+            got.insert(p);
+            live.push(p);
+        }
+        assert!(
+            blocks[..3].iter().all(|b| got.contains(b)),
+            "a freed block was lost"
+        );
+        check(&a, &live);
+        drop(owner);
+        drain(&a, live, l);
+    });
+}
+
+/// (l) Two freers, each with its own cache, race into one detached pool: exactly one takes it.
+#[test]
+fn two_cached_freers_into_a_detached_pool() {
+    model("l: two cached freers into a detached pool", || {
+        let (a, l) = tiny_heap();
+        let mut owner = a.thread_cache().unwrap();
+        let blocks = fill_one_pool(&mut owner, l);
+        // SAFETY: fresh block (detaches the full pool).
+        let extra = unsafe { owner.alloc(l) } as usize;
+        let freers: Vec<_> = [blocks[0], blocks[1]]
+            .into_iter()
+            .map(|p| {
+                // SAFETY: `a`, moved into the thread, outlives the handle.
+                let mut h = unsafe { detached_handle(&a) };
+                let a = a.clone();
+                spawn(move || {
+                    // SAFETY: freed once, into this handle's batch; flushing publishes it.
+                    unsafe { h.free(p as *mut u8) };
+                    h.flush();
+                    let n = h.pools();
+                    drop(h);
+                    drop(a);
+                    n
+                })
+            })
+            .collect();
+        let taken: usize = freers.into_iter().map(|t| t.join().unwrap()).sum();
+        assert!(taken <= 1, "the pool was taken over {taken} times");
+        let live = vec![blocks[2], blocks[3], extra];
+        check(&a, &live);
+        drop(owner);
+        drain(&a, live, l);
+    });
+}
+
+/// (m) An abandoned pool with a free block: a remote free into it, a `trim()` (which takes the
+/// abandoned stacks and returns or pushes back every pool), and an adopter, all at once.
+#[test]
+fn remote_free_vs_trim_vs_adopter() {
+    model("m: remote free vs trim vs adopter", || {
+        let (a, l) = tiny_heap();
+        let mut x = a.thread_cache().unwrap();
+        // SAFETY: fresh blocks.
+        let blocks: Vec<usize> = (0..3).map(|_| unsafe { x.alloc(l) } as usize).collect();
+        drop(x); // abandoned with one never-carved block
+        assert_eq!(a.stats().abandoned_pools, 1);
+        let freed = blocks[0];
+        let a1 = a.clone();
+        // SAFETY: freed once.
+        let freer = spawn(move || unsafe { a1.free(freed as *mut u8) });
+        let a2 = a.clone();
+        let trimmer = spawn(move || {
+            a2.trim();
+        });
+        let mut y = a.thread_cache().unwrap();
+        // SAFETY: fresh block.
+        let p = unsafe { y.alloc(l) } as usize;
+        freer.join().unwrap();
+        trimmer.join().unwrap();
+        let mut live = vec![blocks[1], blocks[2], p];
+        check(&a, &live);
+        // The freed block is reachable again (after y uses up a fresh pool it claimed while
+        // trim held the abandoned stack, if it did).
+        let mut got = vec![p];
+        for _ in 0..6 {
+            if got.contains(&freed) {
+                break;
+            }
+            // SAFETY: fresh block.
+            let q = unsafe { y.alloc(l) } as usize;
+            got.push(q);
+            live.push(q);
+        }
+        assert!(got.contains(&freed), "the remote-freed block was lost");
+        check(&a, &live);
+        drop(y);
+        drain(&a, live, l);
+    });
+}
+
+/// (n) An adopter takes the abandoned stack of a class while two exiting caches push pools
+/// onto it.
+#[test]
+fn adopter_vs_pushes() {
+    model("n: adopter vs pushes", || {
+        let (a, l) = tiny_heap();
+        let mut live = Vec::new();
+        let exiting: Vec<_> = (0..2)
+            .map(|_| {
+                // SAFETY: `a`, moved into the thread, outlives the handle.
+                let mut h = unsafe { detached_handle(&a) };
+                // SAFETY: fresh block: the pool has three free blocks when abandoned.
+                live.push(unsafe { h.alloc(l) } as usize);
+                let a = a.clone();
+                spawn(move || {
+                    drop(h);
+                    drop(a);
+                })
+            })
+            .collect();
+        let mut y = a.thread_cache().unwrap();
+        // SAFETY: fresh block (adopts if a pool was pushed already, else claims).
+        live.push(unsafe { y.alloc(l) } as usize);
+        for t in exiting {
+            t.join().unwrap();
+        }
+        check(&a, &live);
+        // Every pushed pool is adoptable: 6 more blocks fit in the three pools now in play.
+        for _ in 0..6 {
+            // SAFETY: fresh block.
+            live.push(unsafe { y.alloc(l) } as usize);
+        }
+        check(&a, &live);
+        assert!(
+            a.stats().counters.current <= 2,
+            "pushed pools were lost:\n{}",
+            a.stats()
+        );
+        drop(y);
+        drain(&a, live, l);
+    });
+}
+
+/// (o) Two threads find every arena full and map new arenas at once (descriptor slots taken by
+/// compare-exchange, `central` protocol step 5).
+#[test]
+fn concurrent_new_arenas() {
+    model("o: concurrent new arenas", || {
+        let (a, l) = tiny_heap();
+        // Arena 0 is full: four caches hold one pool each.
+        let mut keep = Vec::new();
+        let mut live = Vec::new();
+        for _ in 0..4 {
+            let mut tc = a.thread_cache().unwrap();
+            // SAFETY: fresh block.
+            live.push(unsafe { tc.alloc(l) } as usize);
+            keep.push(tc);
+        }
+        let claimers: Vec<_> = (0..2)
+            .map(|_| {
+                let a = a.clone();
+                spawn(move || {
+                    let mut tc = a.thread_cache().unwrap();
+                    // SAFETY: fresh block, written to prove its memory is ours and mapped.
+                    let p = unsafe { tc.alloc(l) };
+                    assert!(!p.is_null());
+                    // SAFETY: as above.
+                    unsafe { p.write_bytes(0x5A, l.size()) };
+                    let p = p as usize;
+                    drop(tc);
+                    p
+                })
+            })
+            .collect();
+        for c in claimers {
+            let p = c.join().unwrap();
+            // SAFETY: live block written by its claimer.
+            assert_eq!(unsafe { *(p as *const u8) }, 0x5A);
+            live.push(p);
+        }
+        check(&a, &live);
+        assert!(a.stats().counters.current <= 3);
+        drop(keep);
+        drain(&a, live, l);
+    });
+}
+
+/// (p) A pool returned empty by one thread is claimed by another for a different class (its
+/// header re-prepared: carve mark, free list, class), while the first allocates again.
+#[test]
+fn reused_pool_changes_class() {
+    static SAME_POOL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    static OTHER_POOL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    model("p: a reused pool changes class", || {
+        let (a, l) = tiny_heap();
+        // Arena 0: three pools held by `keep`, the fourth by `x`.
+        let mut keep = a.thread_cache().unwrap();
+        // SAFETY: fresh blocks of three classes (one pool each).
+        let held: Vec<usize> = [32, 48, 64]
+            .iter()
+            .map(|&n| unsafe { keep.alloc(lay(n)) } as usize)
+            .collect();
+        // SAFETY: `a`, moved into the thread, outlives the handle.
+        let mut x = unsafe { detached_handle(&a) };
+        // SAFETY: fresh block.
+        let xb = unsafe { x.alloc(l) } as usize;
+        let xpool = xb & !(a.geometry().pool_size - 1);
+        let a1 = a.clone();
+        let returner = spawn(move || {
+            // SAFETY: freed once; dropping x returns the now empty pool to arena 0.
+            unsafe { x.free(xb as *mut u8) };
+            drop(x);
+            drop(a1);
+        });
+        let a2 = a.clone();
+        let claimer = spawn(move || {
+            let mut y = a2.thread_cache().unwrap();
+            // SAFETY: fresh 16-byte blocks; written and checked.
+            let ps: Vec<usize> = (0..3)
+                .map(|_| unsafe { y.alloc(lay(16)) } as usize)
+                .collect();
+            for (i, &p) in ps.iter().enumerate() {
+                // SAFETY: live block of 16 bytes.
+                unsafe { (p as *mut u8).write_bytes(i as u8 + 1, 16) };
+            }
+            drop(y);
+            ps
+        });
+        returner.join().unwrap();
+        let ps = claimer.join().unwrap();
+        for (i, &p) in ps.iter().enumerate() {
+            // SAFETY: live, written by the claimer.
+            assert_eq!(unsafe { *(p as *const u8) }, i as u8 + 1, "blocks overlap");
+        }
+        if ps
+            .iter()
+            .any(|&p| p & !(a.geometry().pool_size - 1) == xpool)
+        {
+            SAME_POOL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            OTHER_POOL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut live = held.clone();
+        live.extend(&ps);
+        check(&a, &live);
+        drop(keep);
+        for p in live {
+            // SAFETY: freed once.
+            unsafe { a.free(p as *mut u8) };
+        }
+        check(&a, &[]);
+    });
+    assert_outcomes(&[
+        (&SAME_POOL, "reused the returned pool for the new class"),
+        (&OTHER_POOL, "claimed another pool"),
+    ]);
+}
+
+/// (q) Arenas of 64 pools (the bitmap's every bit in use, `ALL == u64::MAX`): the last pool of
+/// an arena comes back (and the arena is released) while another thread claims a pool.
+#[test]
+fn release_of_a_64_pool_arena_vs_claim() {
+    model("q: release of a 64-pool arena vs claim", || {
+        let a = Arc::new(
+            Allocator::with_config(Mode::FreeThreaded, Config::new(1024, 64 * 1024)).unwrap(),
+        );
+        let g = *a.geometry();
+        assert_eq!(g.pools_per_arena, 64);
+        // Blocks of the largest class: two per pool.
+        let big = lay(g.small_limit);
+        assert_eq!(g.blocks_per_pool(g.small_limit / 16 - 1), 2);
+        // SAFETY: `a`, moved into the thread, outlives the handle.
+        let mut h = unsafe { detached_handle(&a) };
+        // SAFETY: fresh blocks: 128 blocks fill the 64 pools of arena 0.
+        let blocks: Vec<usize> = (0..128).map(|_| unsafe { h.alloc(big) } as usize).collect();
+        // A second arena, so the first may be released.
+        let mut k = a.thread_cache().unwrap();
+        // SAFETY: fresh block.
+        let kb = unsafe { k.alloc(big) } as usize;
+        assert_eq!(a.stats().counters.current, 2);
+        // Every pool of arena 0 but the last comes back.
+        for &p in &blocks[..126] {
+            // SAFETY: freed once.
+            unsafe { h.free(p as *mut u8) };
+        }
+        let last = [blocks[126], blocks[127]];
+        let a1 = a.clone();
+        let returner = spawn(move || {
+            for p in last {
+                // SAFETY: freed once.
+                unsafe { h.free(p as *mut u8) };
+            }
+            drop(h); // the last pool goes back: every bit set, the arena may be released
+            drop(a1);
+        });
+        let a2 = a.clone();
+        let claimer = spawn(move || {
+            let mut c = a2.thread_cache().unwrap();
+            // SAFETY: fresh block, written to prove its memory is mapped.
+            let p = unsafe { c.alloc(lay(16)) };
+            // SAFETY: as above.
+            unsafe { p.write_bytes(0x77, 16) };
+            drop(c);
+            p as usize
+        });
+        returner.join().unwrap();
+        let p = claimer.join().unwrap();
+        assert!(a.owns(p as *const u8), "claimed from a released arena");
+        // SAFETY: live block.
+        assert_eq!(unsafe { *(p as *const u8) }, 0x77);
+        check(&a, &[kb, p]);
+        drop(k);
+        for q in [kb, p] {
+            // SAFETY: freed once.
+            unsafe { a.free(q as *mut u8) };
+        }
+        check(&a, &[]);
+    });
+}
+
+/// (r) A thread gives up its cache slot (its pools abandoned) while another takes a slot: the
+/// slot's cache is handed over through `in_use` (release, then acquire), as at thread exit and
+/// binding.
+#[test]
+fn cache_slot_hand_over() {
+    model("r: cache slot hand-over", || {
+        let (a, l) = tiny_heap();
+        // SAFETY: `a`, moved into the thread, outlives the handle.
+        let mut x = unsafe { detached_handle(&a) };
+        // SAFETY: fresh block.
+        let xb = unsafe { x.alloc(l) } as usize;
+        let a1 = a.clone();
+        let leaver = spawn(move || {
+            drop(x);
+            drop(a1);
+        });
+        let a2 = a.clone();
+        let taker = spawn(move || {
+            let mut y = a2.thread_cache().unwrap();
+            // SAFETY: fresh blocks.
+            let ps: Vec<usize> = (0..2).map(|_| unsafe { y.alloc(l) } as usize).collect();
+            drop(y);
+            ps
+        });
+        leaver.join().unwrap();
+        let mut live = taker.join().unwrap();
+        live.push(xb);
         check(&a, &live);
         drain(&a, live, l);
     });

@@ -65,7 +65,8 @@ fn stats_while_pools_change_class_are_approximate_never_a_panic() {
         w.join().unwrap();
     }
     for r in readers {
-        r.join().expect("stats() panicked or returned an impossible count");
+        r.join()
+            .expect("stats() panicked or returned an impossible count");
     }
     assert!(calls.load(Ordering::Relaxed) > 0);
     assert_eq!(a.stats().blocks_in_use(), 0);

@@ -36,8 +36,10 @@ fn heap() -> &'static ftmalloc_core::Allocator {
     fn start() {
         static ONCE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
         if !ONCE.swap(true, core::sync::atomic::Ordering::AcqRel) {
-            // Before anything can reach the allocator underneath: malloc is us here.
-            ftmalloc_core::use_glibc_internal_allocator();
+            // SAFETY: before any allocation of the process-wide heap (this runs first), and
+            // `malloc` is interposed by this very library, so glibc's internal entry points are
+            // the allocator underneath.
+            unsafe { ftmalloc_core::use_glibc_internal_allocator() };
             trace::init();
             STARTED.store(true, core::sync::atomic::Ordering::Release);
         }
