@@ -14,16 +14,19 @@
 //!
 //! so the user pointer stays 16-aligned. Detected, each with an abort naming the pointer, its
 //! size class, its pool and what is wrong: a double free (tag says freed), a write before the
-//! start (guard or tag damaged) or past the end (tail guard damaged), checked at free and
-//! realloc; a free of a pointer that is not a block start (by the always-on check); and a write
-//! to freed memory, seen when the block is handed out again (its 0xDD fill damaged). The tag
-//! mixes in the block address and size, so stale bytes of a pool's earlier size class (whose
-//! first block has the same address) are not mistaken for a freed block of this one.
+//! start (guard or tag damaged) or past the end (tail guard damaged), checked at free, realloc
+//! and usable size; a pointer that is not a block start (by the always-on check, which
+//! `Allocator::locate` makes before any of these headers is read: the header of a pointer near
+//! a pool's start would lie outside the pool, even outside the arena); and a write to freed
+//! memory, seen when the block is handed out again (its 0xDD fill damaged). The tag mixes in
+//! the block address and size, so stale bytes of a pool's earlier size class (whose first
+//! block has the same address) are not mistaken for a freed block of this one.
 //!
 //! Requests that do not fit a pool block with the overhead go to the allocator underneath
 //! unchanged (glibc's own checks apply there).
 
 use crate::global::die_fmt;
+use crate::Op;
 use core::fmt;
 use core::ptr;
 
@@ -112,18 +115,24 @@ pub(crate) fn inner_of(user: *mut u8) -> *mut u8 {
     user.wrapping_sub(HEADER)
 }
 
-/// Checks a block being freed (or reallocated) and returns the requested size.
+/// Checks a block handed to `op` (freed, reallocated or asked its usable size) and returns
+/// the requested size.
 ///
 /// # Safety
-/// `inner` must be a block start of one of our pools in use, of `block` bytes.
-pub(crate) unsafe fn check_live(inner: *mut u8, block: usize, pool: usize) -> usize {
+/// `inner` must be a carved block start of `block` bytes in one of our mapped arenas.
+pub(crate) unsafe fn check_live(inner: *mut u8, block: usize, pool: usize, op: Op) -> usize {
     let i = inner as usize ^ (block << 48);
     let user = inner as usize + HEADER;
-    // SAFETY: the block is inside a pool in use (caller's contract), so readable.
+    // SAFETY: the block is inside a mapped arena (caller's contract), so readable.
     unsafe {
         let tag = inner.add(8).cast::<usize>().read();
         if tag == i ^ FREED_TAG {
-            fail(user, inner as usize, block, pool, "double free");
+            let what = match op {
+                Op::Free => "double free",
+                Op::Realloc => "realloc of a freed block",
+                Op::UsableSize => "usable_size of a freed block",
+            };
+            fail(user, inner as usize, block, pool, what);
         }
         if tag != i ^ ALIVE_TAG || !all(inner.add(24), 8, GUARD) {
             fail(
@@ -164,20 +173,11 @@ pub(crate) unsafe fn check_live(inner: *mut u8, block: usize, pool: usize) -> us
 pub(crate) unsafe fn on_free(inner: *mut u8, block: usize, pool: usize) {
     // SAFETY: forwarded contract.
     unsafe {
-        check_live(inner, block, pool);
+        check_live(inner, block, pool, Op::Free);
         inner
             .add(8)
             .cast::<usize>()
             .write(inner as usize ^ (block << 48) ^ FREED_TAG);
         ptr::write_bytes(inner.add(HEADER), DEAD, block - HEADER);
     }
-}
-
-/// The requested size of a live debug block.
-///
-/// # Safety
-/// `inner` must be a live debug block.
-pub(crate) unsafe fn requested(inner: *const u8) -> usize {
-    // SAFETY: per the contract.
-    unsafe { inner.add(16).cast::<usize>().read() }
 }

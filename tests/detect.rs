@@ -15,13 +15,18 @@ fn lay(n: usize) -> Layout {
     Layout::from_size_align(n, 8).unwrap()
 }
 
-/// Runs `case` in a child, in `mode`; returns its stderr after checking it died by SIGABRT.
-fn die_in_child(case: &str, mode: &str) -> String {
-    let out = Command::new(std::env::current_exe().unwrap())
+/// Runs `case` in a child, in `mode`.
+fn run_child(case: &str, mode: &str) -> std::process::Output {
+    Command::new(std::env::current_exe().unwrap())
         .args(["child", "--exact", "--nocapture", "--test-threads=1"])
         .env(CASE, format!("{case}:{mode}"))
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs `case` in a child, in `mode`; returns its stderr after checking it died by SIGABRT.
+fn die_in_child(case: &str, mode: &str) -> String {
+    let out = run_child(case, mode);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(
@@ -31,6 +36,19 @@ fn die_in_child(case: &str, mode: &str) -> String {
         out.status
     );
     err
+}
+
+/// Prints the address a child case is about to hand to the allocator (`target 0x…`), so the
+/// parent can check that the message names exactly that pointer.
+fn announce(p: *const u8) {
+    eprintln!("target {:#x}", p as usize);
+}
+
+/// The address a child announced.
+fn target(err: &str) -> &str {
+    err.lines()
+        .find_map(|l| l.strip_prefix("target "))
+        .unwrap_or_else(|| panic!("the child announced no target:\n{err}"))
 }
 
 /// The child: commits the error named by the environment.
@@ -81,6 +99,49 @@ fn child() {
                 let p = plain.alloc(lay(64));
                 plain.free(p.add(8));
             }
+            "realloc-interior-debug" => {
+                let p = debug.alloc(lay(64));
+                announce(p.add(16));
+                debug.realloc(p.add(16), lay(64), 200);
+            }
+            "usable-size-interior-debug" => {
+                let p = debug.alloc(lay(64));
+                announce(p.add(16));
+                let n = debug.usable_size(p.add(16));
+                eprintln!("usable_size returned {n:#x}");
+            }
+            "realloc-freed-debug" => {
+                let p = debug.alloc(lay(64));
+                debug.free(p);
+                announce(p);
+                debug.realloc(p, lay(64), 200);
+            }
+            "usable-size-freed-debug" => {
+                let p = debug.alloc(lay(64));
+                debug.free(p);
+                announce(p);
+                let n = debug.usable_size(p);
+                eprintln!("usable_size returned {n:#x}");
+            }
+            // A pool's start: the debug header would lie before it, in the previous pool (or
+            // outside the arena, when the pool is the arena's first).
+            "free-pool-start-debug" | "free-pool-start" => {
+                let a = if case == "free-pool-start" {
+                    &plain
+                } else {
+                    &debug
+                };
+                let p = a.alloc(lay(32));
+                let pool = a.geometry().pool_of(p as usize) as *mut u8;
+                announce(pool);
+                a.free(pool);
+            }
+            "free-arena-start-debug" => {
+                let p = debug.alloc(lay(32));
+                let arena = debug.geometry().arena_of(p as usize) as *mut u8;
+                announce(arena);
+                debug.free(arena);
+            }
             "unused-pool" => {
                 let p = plain.alloc(lay(64));
                 // A pool of the same arena that was never handed out.
@@ -122,12 +183,73 @@ fn debug_mode_detects_each_error_in_both_modes() {
     }
 }
 
+/// Realloc and usable_size in debug mode check the pointer as free does, before anything is
+/// read through the debug header, allocated or copied, and name it as realloc's or
+/// usable_size's; free of a pool's (or arena's) start is an invalid free, not a read outside
+/// the pool.
+#[test]
+fn debug_mode_checks_every_pointer_before_reading_its_header() {
+    let cases = [
+        (
+            "realloc-interior-debug",
+            "ftmalloc: invalid realloc of ",
+            "not the start of a block",
+        ),
+        (
+            "usable-size-interior-debug",
+            "ftmalloc: invalid usable_size of ",
+            "not the start of a block",
+        ),
+        (
+            "realloc-freed-debug",
+            "ftmalloc debug: realloc of a freed block at ",
+            "size class",
+        ),
+        (
+            "usable-size-freed-debug",
+            "ftmalloc debug: usable_size of a freed block at ",
+            "size class",
+        ),
+        (
+            "free-pool-start-debug",
+            "ftmalloc: invalid free of ",
+            "not the start of a block",
+        ),
+        ("free-arena-start-debug", "ftmalloc: invalid free of ", ""),
+    ];
+    for &mode in Mode::NAMES {
+        for (case, prefix, what) in cases {
+            let err = die_in_child(case, mode);
+            let t = target(&err);
+            assert!(
+                err.contains(&format!("{prefix}{t}")) && err.contains(what),
+                "{case} ({mode}): expected {prefix:?} naming {t} and {what:?} in:\n{err}"
+            );
+            if case.starts_with("free-") {
+                // The pool named is the one the pointer is in, not the one before it.
+                assert!(
+                    err.contains(&format!("(pool {t}, ")),
+                    "{case} ({mode}): the message names another pool than {t}:\n{err}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn always_on_checks_catch_invalid_frees() {
     for &mode in Mode::NAMES {
         let err = die_in_child("interior", mode);
         assert!(
             err.contains("invalid free of 0x") && err.contains("not the start of a block"),
+            "{err}"
+        );
+        let err = die_in_child("free-pool-start", mode);
+        let t = target(&err);
+        assert!(
+            err.contains(&format!(
+                "invalid free of {t}: not the start of a block (pool {t}, "
+            )),
             "{err}"
         );
         let err = die_in_child("unused-pool", mode);
