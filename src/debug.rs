@@ -22,8 +22,12 @@
 //! the block address and size, so stale bytes of a pool's earlier size class (whose first
 //! block has the same address) are not mistaken for a freed block of this one.
 //!
+//! A zero-size request takes a block for 1 byte (its usable size is 1, not 0). A zeroed request
+//! (`calloc`, `alloc_zeroed`) gets zeros, not the 0xCD fill, in its user bytes.
+//!
 //! Requests that do not fit a pool block with the overhead go to the allocator underneath
-//! unchanged (glibc's own checks apply there).
+//! unchanged (glibc's own checks apply there); zeroed ones through its `calloc`, so a large
+//! zeroed request gets fresh pages that nothing touches.
 
 use crate::global::die_fmt;
 use crate::Op;
@@ -84,10 +88,17 @@ fn all(p: *const u8, len: usize, byte: u8) -> bool {
 }
 
 /// Prepares a fresh block of `block` bytes for a request of `n` bytes; returns the user pointer.
+/// The user's bytes are filled with 0xCD, or zeroed when `zeroed`.
 ///
 /// # Safety
 /// `inner` must be a block of `block >= n + OVERHEAD` bytes just handed out to the caller.
-pub(crate) unsafe fn on_alloc(inner: *mut u8, block: usize, pool: usize, n: usize) -> *mut u8 {
+pub(crate) unsafe fn on_alloc(
+    inner: *mut u8,
+    block: usize,
+    pool: usize,
+    n: usize,
+    zeroed: bool,
+) -> *mut u8 {
     let i = inner as usize ^ (block << 48);
     // SAFETY: the whole block is ours.
     unsafe {
@@ -104,7 +115,7 @@ pub(crate) unsafe fn on_alloc(inner: *mut u8, block: usize, pool: usize, n: usiz
         tag.write(i ^ ALIVE_TAG);
         inner.add(16).cast::<usize>().write(n);
         ptr::write_bytes(inner.add(24), GUARD, 8);
-        ptr::write_bytes(inner.add(HEADER), FRESH, n);
+        ptr::write_bytes(inner.add(HEADER), if zeroed { 0 } else { FRESH }, n);
         ptr::write_bytes(inner.add(HEADER + n), GUARD, block - HEADER - n);
         inner.add(HEADER)
     }

@@ -459,7 +459,8 @@ impl Allocator {
     ///
     /// # Safety
     /// As [`GlobalAlloc::alloc`](core::alloc::GlobalAlloc::alloc), except that a zero size is
-    /// allowed (it is served by the allocator underneath).
+    /// allowed (it is served by the allocator underneath; in debug mode by a pool block for 1
+    /// byte).
     #[inline]
     pub unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded contract.
@@ -472,7 +473,7 @@ impl Allocator {
     unsafe fn alloc_with(&self, layout: Layout, cache: *mut Cache) -> *mut u8 {
         if self.debug {
             // SAFETY: forwarded contract.
-            return unsafe { self.debug_alloc(layout, cache) };
+            return unsafe { self.debug_alloc(layout, cache, false) };
         }
         if self.is_small(layout) {
             self.small_alloc(size_to_class(layout.size()), cache)
@@ -481,12 +482,24 @@ impl Allocator {
         }
     }
 
+    /// Debug mode's allocation: a pool block with the debug header and guards (a zero-size
+    /// request is served as 1 byte, so its usable size is not 0), or, for requests that do not
+    /// fit a pool block with the overhead, the allocator underneath unchanged. `zeroed`: the
+    /// user's bytes are zero (not the 0xCD fill), and a request underneath gets the C library's
+    /// zeroed memory (`calloc`: fresh pages for a large request, none of them touched).
+    ///
+    /// # Safety
+    /// As [`alloc_with`](Self::alloc_with).
     #[cold]
     #[inline(never)]
-    unsafe fn debug_alloc(&self, layout: Layout, cache: *mut Cache) -> *mut u8 {
-        let n = layout.size();
+    unsafe fn debug_alloc(&self, layout: Layout, cache: *mut Cache, zeroed: bool) -> *mut u8 {
+        let n = layout.size().max(1);
         if layout.align() > ALIGNMENT || n + debug::OVERHEAD > self.geo.small_limit {
-            return large::alloc(n, layout.align());
+            return if zeroed {
+                large::alloc_zeroed(layout.size(), layout.align())
+            } else {
+                large::alloc(layout.size(), layout.align())
+            };
         }
         let class = size_to_class(n + debug::OVERHEAD);
         let inner = self.small_alloc(class, cache);
@@ -495,7 +508,7 @@ impl Allocator {
         }
         let pool = self.geo.pool_of(inner as usize);
         // SAFETY: a fresh block of class_size(class) >= n + OVERHEAD bytes.
-        unsafe { debug::on_alloc(inner, class_size(class), pool, n) }
+        unsafe { debug::on_alloc(inner, class_size(class), pool, n, zeroed) }
     }
 
     /// Allocates a zeroed block for `layout`; null when memory is exhausted.
@@ -504,9 +517,12 @@ impl Allocator {
     /// As [`alloc`](Self::alloc).
     #[inline]
     pub unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if self.is_small(layout) || self.debug {
+        if self.debug {
             // SAFETY: forwarded contract.
-            let p = unsafe { self.alloc(layout) };
+            return unsafe { self.debug_alloc(layout, ptr::null_mut(), true) };
+        }
+        if self.is_small(layout) {
+            let p = self.small_alloc(size_to_class(layout.size()), ptr::null_mut());
             if !p.is_null() {
                 // SAFETY: p is a fresh block of at least layout.size() bytes.
                 unsafe { ptr::write_bytes(p, 0, layout.size()) };

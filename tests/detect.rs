@@ -2,6 +2,8 @@
 //! process (this binary re-executed), which must die by SIGABRT with the expected message.
 //! Both modes; the debug-mode errors with `Config::with_debug(true)`, the always-on checks
 //! without it. (`tests/global_fork.rs` checks `FTMALLOC_DEBUG=1` with the global allocator.)
+//! Also debug mode's allocation paths that detect nothing: zero-size and zeroed requests (a large
+//! zeroed request must not become resident, measured in a child) and realloc.
 
 mod common;
 
@@ -49,6 +51,14 @@ fn target(err: &str) -> &str {
     err.lines()
         .find_map(|l| l.strip_prefix("target "))
         .unwrap_or_else(|| panic!("the child announced no target:\n{err}"))
+}
+
+/// Resident bytes of this process.
+fn rss() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
 }
 
 /// The child: commits the error named by the environment.
@@ -142,6 +152,22 @@ fn child() {
                 announce(arena);
                 debug.free(arena);
             }
+            // Not an error: exits normally (the parent checks), panics on failure.
+            "calloc-rss-debug" => {
+                let n = 1usize << 30;
+                let before = rss();
+                let p = debug.alloc_zeroed(Layout::from_size_align(n, 16).unwrap());
+                assert!(!p.is_null(), "alloc_zeroed of 1 GiB failed");
+                let after = rss();
+                eprintln!("alloc_zeroed(1 GiB) in debug mode: RSS {before} -> {after} bytes");
+                assert!(
+                    after.saturating_sub(before) < 64 << 20,
+                    "alloc_zeroed(1 GiB) in debug mode made {} MiB resident",
+                    (after - before) >> 20
+                );
+                assert!(*p == 0 && *p.add(n / 2) == 0 && *p.add(n - 1) == 0);
+                debug.free(p);
+            }
             "unused-pool" => {
                 let p = plain.alloc(lay(64));
                 // A pool of the same arena that was never handed out.
@@ -233,6 +259,71 @@ fn debug_mode_checks_every_pointer_before_reading_its_header() {
                 );
             }
         }
+    }
+}
+
+/// Debug mode serves a zero-size request with a usable size above zero (as non-debug mode and
+/// glibc do), zeroed requests with zeros inside intact guards, and realloc keeps contents.
+#[test]
+fn debug_mode_zero_size_zeroed_and_realloc() {
+    for &name in Mode::NAMES {
+        let mode = Mode::from_name(name).unwrap();
+        let debug = Allocator::with_config(mode, Config::PYMALLOC.with_debug(true)).unwrap();
+        let plain = Allocator::new(mode);
+        // SAFETY: every pointer used is live and freed once.
+        unsafe {
+            for a in [&debug, &plain] {
+                let z = Layout::from_size_align(0, 1).unwrap();
+                let p = a.alloc(z);
+                assert!(!p.is_null());
+                assert!(a.usable_size(p) > 0, "{name}: zero-size usable size is 0");
+                a.dealloc(p, z);
+            }
+            // The 0xCD fill left in freed blocks would show through if the zeroed path filled.
+            for n in [1, 40, 100, 400, 464] {
+                let p = debug.alloc(lay(n));
+                debug.free(p);
+                let q = debug.alloc_zeroed(lay(n));
+                assert_eq!(debug.usable_size(q), n);
+                assert!(
+                    std::slice::from_raw_parts(q, n).iter().all(|&b| b == 0),
+                    "{name}: alloc_zeroed({n}) in debug mode is not zero"
+                );
+                debug.free(q);
+            }
+            let p = debug.alloc(lay(40));
+            for i in 0..40 {
+                *p.add(i) = i as u8;
+            }
+            let q = debug.realloc(p, lay(40), 300);
+            assert_eq!(debug.usable_size(q), 300);
+            let r = debug.realloc(q, lay(300), 10);
+            assert_eq!(debug.usable_size(r), 10);
+            for i in 0..10 {
+                assert_eq!(*r.add(i), i as u8);
+            }
+            debug.free(r);
+        }
+        assert_eq!(debug.stats().blocks_in_use(), 0, "{name}");
+    }
+}
+
+/// A large zeroed request in debug mode gets fresh zero pages (the C library's calloc), not a
+/// memset: 1 GiB raises the resident set by less than 64 MiB. In a child, so no other test of
+/// this binary allocates while the resident set is measured.
+#[test]
+fn debug_mode_large_zeroed_request_is_not_resident() {
+    if std::env::var(CASE).is_ok() {
+        return;
+    }
+    for &mode in Mode::NAMES {
+        let out = run_child("calloc-rss-debug", mode);
+        assert!(
+            out.status.success(),
+            "calloc-rss-debug ({mode}): {:?}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 

@@ -58,6 +58,11 @@ for mode in ft gil; do
     for debug in 1 0; do
         expect_abort "$mode" "$debug" free-pool-start free
         expect_abort "$mode" "$debug" free-arena-start free
+        run "$mode" "FTMALLOC_DEBUG=$debug: malloc(0) usable size above 0, calloc zeroed" \
+            env FTMALLOC_DEBUG="$debug" "$WORK/debug" small
+        run "$mode" "FTMALLOC_DEBUG=$debug: calloc(1, 4 GiB) not resident" \
+            env FTMALLOC_DEBUG="$debug" "$WORK/debug" calloc-rss
+        echo "preload[$mode]: $(grep -m1 '^calloc(1, 4 GiB)' "$WORK/err")"
     done
     run "$mode" "ls -lR /usr/share" ls -lR /usr/share
     run "$mode" "sort" sh -c "ls -lR /usr/share/doc | sort > '$WORK/sorted' && test -s '$WORK/sorted'"
