@@ -14,16 +14,23 @@
 //!
 //! so the user pointer stays 16-aligned. Detected, each with an abort naming the pointer, its
 //! size class, its pool and what is wrong: a double free (tag says freed), a write before the
-//! start (guard or tag damaged) or past the end (tail guard damaged), checked at free and
-//! realloc; a free of a pointer that is not a block start (by the always-on check); and a write
-//! to freed memory, seen when the block is handed out again (its 0xDD fill damaged). The tag
-//! mixes in the block address and size, so stale bytes of a pool's earlier size class (whose
-//! first block has the same address) are not mistaken for a freed block of this one.
+//! start (guard or tag damaged) or past the end (tail guard damaged), checked at free, realloc
+//! and usable size; a pointer that is not a block start (by the always-on check, which
+//! `Allocator::locate` makes before any of these headers is read: the header of a pointer near
+//! a pool's start would lie outside the pool, even outside the arena); and a write to freed
+//! memory, seen when the block is handed out again (its 0xDD fill damaged). The tag mixes in
+//! the block address and size, so stale bytes of a pool's earlier size class (whose first
+//! block has the same address) are not mistaken for a freed block of this one.
+//!
+//! A zero-size request takes a block for 1 byte (its usable size is 1, not 0). A zeroed request
+//! (`calloc`, `alloc_zeroed`) gets zeros, not the 0xCD fill, in its user bytes.
 //!
 //! Requests that do not fit a pool block with the overhead go to the allocator underneath
-//! unchanged (glibc's own checks apply there).
+//! unchanged (glibc's own checks apply there); zeroed ones through its `calloc`, so a large
+//! zeroed request gets fresh pages that nothing touches.
 
 use crate::global::die_fmt;
+use crate::Op;
 use core::fmt;
 use core::ptr;
 
@@ -81,10 +88,17 @@ fn all(p: *const u8, len: usize, byte: u8) -> bool {
 }
 
 /// Prepares a fresh block of `block` bytes for a request of `n` bytes; returns the user pointer.
+/// The user's bytes are filled with 0xCD, or zeroed when `zeroed`.
 ///
 /// # Safety
 /// `inner` must be a block of `block >= n + OVERHEAD` bytes just handed out to the caller.
-pub(crate) unsafe fn on_alloc(inner: *mut u8, block: usize, pool: usize, n: usize) -> *mut u8 {
+pub(crate) unsafe fn on_alloc(
+    inner: *mut u8,
+    block: usize,
+    pool: usize,
+    n: usize,
+    zeroed: bool,
+) -> *mut u8 {
     let i = inner as usize ^ (block << 48);
     // SAFETY: the whole block is ours.
     unsafe {
@@ -101,7 +115,7 @@ pub(crate) unsafe fn on_alloc(inner: *mut u8, block: usize, pool: usize, n: usiz
         tag.write(i ^ ALIVE_TAG);
         inner.add(16).cast::<usize>().write(n);
         ptr::write_bytes(inner.add(24), GUARD, 8);
-        ptr::write_bytes(inner.add(HEADER), FRESH, n);
+        ptr::write_bytes(inner.add(HEADER), if zeroed { 0 } else { FRESH }, n);
         ptr::write_bytes(inner.add(HEADER + n), GUARD, block - HEADER - n);
         inner.add(HEADER)
     }
@@ -112,18 +126,24 @@ pub(crate) fn inner_of(user: *mut u8) -> *mut u8 {
     user.wrapping_sub(HEADER)
 }
 
-/// Checks a block being freed (or reallocated) and returns the requested size.
+/// Checks a block handed to `op` (freed, reallocated or asked its usable size) and returns
+/// the requested size.
 ///
 /// # Safety
-/// `inner` must be a block start of one of our pools in use, of `block` bytes.
-pub(crate) unsafe fn check_live(inner: *mut u8, block: usize, pool: usize) -> usize {
+/// `inner` must be a carved block start of `block` bytes in one of our mapped arenas.
+pub(crate) unsafe fn check_live(inner: *mut u8, block: usize, pool: usize, op: Op) -> usize {
     let i = inner as usize ^ (block << 48);
     let user = inner as usize + HEADER;
-    // SAFETY: the block is inside a pool in use (caller's contract), so readable.
+    // SAFETY: the block is inside a mapped arena (caller's contract), so readable.
     unsafe {
         let tag = inner.add(8).cast::<usize>().read();
         if tag == i ^ FREED_TAG {
-            fail(user, inner as usize, block, pool, "double free");
+            let what = match op {
+                Op::Free => "double free",
+                Op::Realloc => "realloc of a freed block",
+                Op::UsableSize => "usable_size of a freed block",
+            };
+            fail(user, inner as usize, block, pool, what);
         }
         if tag != i ^ ALIVE_TAG || !all(inner.add(24), 8, GUARD) {
             fail(
@@ -164,20 +184,11 @@ pub(crate) unsafe fn check_live(inner: *mut u8, block: usize, pool: usize) -> us
 pub(crate) unsafe fn on_free(inner: *mut u8, block: usize, pool: usize) {
     // SAFETY: forwarded contract.
     unsafe {
-        check_live(inner, block, pool);
+        check_live(inner, block, pool, Op::Free);
         inner
             .add(8)
             .cast::<usize>()
             .write(inner as usize ^ (block << 48) ^ FREED_TAG);
         ptr::write_bytes(inner.add(HEADER), DEAD, block - HEADER);
     }
-}
-
-/// The requested size of a live debug block.
-///
-/// # Safety
-/// `inner` must be a live debug block.
-pub(crate) unsafe fn requested(inner: *const u8) -> usize {
-    // SAFETY: per the contract.
-    unsafe { inner.add(16).cast::<usize>().read() }
 }

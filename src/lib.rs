@@ -134,31 +134,72 @@ impl fmt::Debug for Allocator {
     }
 }
 
-/// Aborts on an invalid free, naming the pointer, its pool and size class (allocates nothing).
+/// What a pointer was handed to, for the messages that name a bad pointer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    Free,
+    Realloc,
+    UsableSize,
+}
+
+impl Op {
+    /// The operation's name in messages (`free`, `realloc`, `usable_size`).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Op::Free => "free",
+            Op::Realloc => "realloc",
+            Op::UsableSize => "usable_size",
+        }
+    }
+}
+
+/// Aborts on an invalid pointer handed to `op`, naming the pointer, its pool and size class
+/// (allocates nothing): `ftmalloc: invalid free of 0x…: what (pool 0x…, size class N = S bytes)`.
 #[cold]
 #[inline(never)]
-fn invalid_free(ptr: usize, pool: usize, class: u32, what: &'static str) -> ! {
-    struct Msg(usize, usize, u32, &'static str);
+fn invalid_pointer(op: Op, ptr: usize, pool: usize, class: u32, what: &'static str) -> ! {
+    struct Msg(Op, usize, usize, u32, &'static str);
     impl fmt::Display for Msg {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             write!(
                 f,
-                "ftmalloc: invalid free of {:#x}: {} (pool {:#x}, ",
-                self.0, self.3, self.1
+                "ftmalloc: invalid {} of {:#x}: {} (pool {:#x}, ",
+                self.0.name(),
+                self.1,
+                self.4,
+                self.2
             )?;
-            if self.2 == pool::NO_CLASS {
+            if self.3 == pool::NO_CLASS {
                 writeln!(f, "no size class)")
             } else {
                 writeln!(
                     f,
                     "size class {} = {} bytes)",
-                    self.2,
-                    class_size(self.2 as usize)
+                    self.3,
+                    class_size(self.3 as usize)
                 )
             }
         }
     }
-    global::die_fmt(Msg(ptr, pool, class, what))
+    global::die_fmt(Msg(op, ptr, pool, class, what))
+}
+
+/// [`invalid_pointer`] for `free`: the call on the free path keeps four arguments, so the
+/// inlined checks cost no extra register.
+#[cold]
+#[inline(never)]
+fn invalid_free(ptr: usize, pool: usize, class: u32, what: &'static str) -> ! {
+    invalid_pointer(Op::Free, ptr, pool, class, what)
+}
+
+/// Aborts on an invalid pointer handed to `op` (see [`invalid_pointer`]); `op` is a constant
+/// where this is inlined, so the match folds away.
+#[inline(always)]
+fn reject(op: Op, ptr: usize, pool: usize, class: u32, what: &'static str) -> ! {
+    match op {
+        Op::Free => invalid_free(ptr, pool, class, what),
+        _ => invalid_pointer(op, ptr, pool, class, what),
+    }
 }
 
 #[cold]
@@ -330,16 +371,51 @@ impl Allocator {
     /// violations of this for pointers inside our arenas, but not all).
     #[inline(always)]
     unsafe fn checked_block(&self, ptr: *mut u8) -> Option<(*mut PoolHeader, *mut u8)> {
+        self.map.lookup(ptr as usize)?;
+        // SAFETY: the map knows ptr.
+        let (pool, block, class, refs) = unsafe { self.locate(ptr, Op::Free) };
+        if self.debug {
+            // SAFETY: `locate` checked that `block` is a carved block start of a pool that
+            // served `class`, inside the arena the map vouches for. (Checked before `refs`, so
+            // a double free is named as such.)
+            unsafe { debug::on_free(block, class_size(class as usize), pool as usize) };
+        }
+        if refs == 0 {
+            invalid_free(
+                ptr as usize,
+                pool as usize,
+                class,
+                "the pool it points into is not in use",
+            );
+        }
+        Some((pool, block))
+    }
+
+    /// The pool, block start, size class and pool reference count of `ptr`, a pointer the arena
+    /// map knows, after the checks that read nothing but the pool header: the pool has a size
+    /// class and a carve mark, and the block start (`ptr`, or in debug mode the debug header
+    /// before it) is a carved block of that class. Aborts with a message naming the pointer and
+    /// `op` otherwise. Reads no block memory, so any pointer inside our arenas will do.
+    ///
+    /// # Safety
+    /// The arena map knows `ptr` (its arena is mapped).
+    #[inline(always)]
+    unsafe fn locate(&self, ptr: *mut u8, op: Op) -> (*mut PoolHeader, *mut u8, u32, u32) {
         let user = ptr as usize;
-        self.map.lookup(user)?;
+        // The pool is the one holding `ptr` itself, which the map vouches for. In debug mode the
+        // block starts `debug::HEADER` bytes before it, possibly in the previous pool or outside
+        // the arena (a pointer to a pool's start); a real debug block lies in the same pool as
+        // its user pointer (blocks are at least `debug::OVERHEAD` bytes), and the offset check
+        // below rejects a block start before the pool's first block.
+        let pool = self.geo.pool_of(user) as *mut PoolHeader;
         let block = if self.debug {
             debug::inner_of(ptr)
         } else {
             ptr
         };
-        let pool = self.geo.pool_of(block as usize) as *mut PoolHeader;
-        // SAFETY: the arena is mapped (the map knows it), so its pool headers are readable;
-        // only atomic fields are read, each through its own projection.
+        // SAFETY: the arena is mapped (the map knows `ptr`, the contract, and `ptr` lies in this
+        // pool), so its pool headers are readable; only atomic fields are read, each through its
+        // own projection.
         let (refs, class, next) = unsafe {
             (
                 PoolHeader::refs_racy(pool),
@@ -349,41 +425,55 @@ impl Allocator {
         };
         // A header never written reads as zeros (fresh mapping): no carve mark.
         if class == pool::NO_CLASS || (next as usize) < self.geo.pool_overhead {
-            invalid_free(
+            reject(
+                op,
                 user,
                 pool as usize,
                 class,
                 "the pool it points into is not in use",
             );
         }
-        let size = class_size(class as usize);
         let off = (block as usize).wrapping_sub(pool as usize + self.geo.pool_overhead);
         if off >= next as usize - self.geo.pool_overhead
             || !size_class::is_multiple_of_class(off, class as usize)
         {
-            invalid_free(user, pool as usize, class, "not the start of a block");
+            reject(op, user, pool as usize, class, "not the start of a block");
         }
-        if self.debug {
-            // SAFETY: a carved block of a pool that served `class`, of `size` bytes, in a mapped
-            // arena. (Checked before `refs`, so a double free is named as such.)
-            unsafe { debug::on_free(block, size, pool as usize) };
-        }
+        (pool, block, class, refs)
+    }
+
+    /// Debug mode: the requested size of `ptr`, a pointer the arena map knows, handed to `op`
+    /// (`realloc` or `usable_size`), after the checks `free` makes (block start, pool in use,
+    /// header, guards), without freeing it. Aborts with a message naming the pointer otherwise.
+    ///
+    /// # Safety
+    /// As [`checked_block`](Self::checked_block); the map knows `ptr`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn debug_requested(&self, ptr: *mut u8, op: Op) -> usize {
+        // SAFETY: the map knows ptr (the contract).
+        let (pool, block, class, refs) = unsafe { self.locate(ptr, op) };
+        // SAFETY: `locate` checked that `block` is a carved block start of a pool that served
+        // `class`, inside the arena the map vouches for.
+        let n = unsafe { debug::check_live(block, class_size(class as usize), pool as usize, op) };
         if refs == 0 {
-            invalid_free(
-                user,
+            invalid_pointer(
+                op,
+                ptr as usize,
                 pool as usize,
                 class,
                 "the pool it points into is not in use",
             );
         }
-        Some((pool, block))
+        n
     }
 
     /// Allocates a block for `layout`; null when memory is exhausted.
     ///
     /// # Safety
     /// As [`GlobalAlloc::alloc`](core::alloc::GlobalAlloc::alloc), except that a zero size is
-    /// allowed (it is served by the allocator underneath).
+    /// allowed (it is served by the allocator underneath; in debug mode by a pool block for 1
+    /// byte).
     #[inline]
     pub unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded contract.
@@ -396,7 +486,7 @@ impl Allocator {
     unsafe fn alloc_with(&self, layout: Layout, cache: *mut Cache) -> *mut u8 {
         if self.debug {
             // SAFETY: forwarded contract.
-            return unsafe { self.debug_alloc(layout, cache) };
+            return unsafe { self.debug_alloc(layout, cache, false) };
         }
         if self.is_small(layout) {
             self.small_alloc(size_to_class(layout.size()), cache)
@@ -405,12 +495,24 @@ impl Allocator {
         }
     }
 
+    /// Debug mode's allocation: a pool block with the debug header and guards (a zero-size
+    /// request is served as 1 byte, so its usable size is not 0), or, for requests that do not
+    /// fit a pool block with the overhead, the allocator underneath unchanged. `zeroed`: the
+    /// user's bytes are zero (not the 0xCD fill), and a request underneath gets the C library's
+    /// zeroed memory (`calloc`: fresh pages for a large request, none of them touched).
+    ///
+    /// # Safety
+    /// As [`alloc_with`](Self::alloc_with).
     #[cold]
     #[inline(never)]
-    unsafe fn debug_alloc(&self, layout: Layout, cache: *mut Cache) -> *mut u8 {
-        let n = layout.size();
+    unsafe fn debug_alloc(&self, layout: Layout, cache: *mut Cache, zeroed: bool) -> *mut u8 {
+        let n = layout.size().max(1);
         if layout.align() > ALIGNMENT || n + debug::OVERHEAD > self.geo.small_limit {
-            return large::alloc(n, layout.align());
+            return if zeroed {
+                large::alloc_zeroed(layout.size(), layout.align())
+            } else {
+                large::alloc(layout.size(), layout.align())
+            };
         }
         let class = size_to_class(n + debug::OVERHEAD);
         let inner = self.small_alloc(class, cache);
@@ -419,7 +521,7 @@ impl Allocator {
         }
         let pool = self.geo.pool_of(inner as usize);
         // SAFETY: a fresh block of class_size(class) >= n + OVERHEAD bytes.
-        unsafe { debug::on_alloc(inner, class_size(class), pool, n) }
+        unsafe { debug::on_alloc(inner, class_size(class), pool, n, zeroed) }
     }
 
     /// Allocates a zeroed block for `layout`; null when memory is exhausted.
@@ -428,9 +530,12 @@ impl Allocator {
     /// As [`alloc`](Self::alloc).
     #[inline]
     pub unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if self.is_small(layout) || self.debug {
+        if self.debug {
             // SAFETY: forwarded contract.
-            let p = unsafe { self.alloc(layout) };
+            return unsafe { self.debug_alloc(layout, ptr::null_mut(), true) };
+        }
+        if self.is_small(layout) {
+            let p = self.small_alloc(size_to_class(layout.size()), ptr::null_mut());
             if !p.is_null() {
                 // SAFETY: p is a fresh block of at least layout.size() bytes.
                 unsafe { ptr::write_bytes(p, 0, layout.size()) };
@@ -480,15 +585,17 @@ impl Allocator {
     }
 
     /// Bytes usable at `ptr`: the block size for our blocks (the requested size in debug mode),
-    /// the C library's figure otherwise.
+    /// the C library's figure otherwise. In debug mode a pointer inside our arenas gets the
+    /// checks `free` makes (block start, pool in use, double free, guards) and aborts with a
+    /// message naming it when one fails.
     ///
     /// # Safety
     /// `ptr` must be live and come from this heap (or the C library's allocator).
     pub unsafe fn usable_size(&self, ptr: *const u8) -> usize {
         if self.map.lookup(ptr as usize).is_some() {
             if self.debug {
-                // SAFETY: a live debug block of ours.
-                return unsafe { debug::requested(debug::inner_of(ptr as *mut u8)) };
+                // SAFETY: forwarded contract; the map knows ptr.
+                return unsafe { self.debug_requested(ptr as *mut u8, Op::UsableSize) };
             }
             let pool = self.geo.pool_of(ptr as usize) as *const PoolHeader;
             // SAFETY: ptr is a live block of ours, so its pool header is initialised and its
@@ -506,22 +613,33 @@ impl Allocator {
     /// while the new size fits it and is above 3/4 of it; otherwise a new block is allocated,
     /// the contents copied and the old block freed. Foreign pointers stay with the allocator
     /// underneath. Returns null (leaving `ptr` untouched) when memory is exhausted. In debug
-    /// mode a block of ours is checked and always moves.
+    /// mode a block of ours is checked before anything is allocated or copied (the checks of
+    /// `free`; a bad pointer aborts with a message naming it) and always moves.
     ///
     /// # Safety
     /// As [`GlobalAlloc::realloc`](core::alloc::GlobalAlloc::realloc) for this heap; in
     /// particular `new_size` must not be zero (the C ABI's `realloc(p, 0)` frees instead).
+    /// One relaxation: when `layout.align()` is at most 16, only the alignment is used (the old
+    /// size is found from the pointer), so a caller that knows no layout (C's `realloc`) may
+    /// pass any size in `layout`.
     pub unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: the caller guarantees new_size rounded to align does not overflow.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
         if self.map.lookup(ptr as usize).is_some() {
+            if self.debug {
+                // SAFETY: forwarded contract; the map knows ptr.
+                let n = unsafe { self.debug_requested(ptr, Op::Realloc) };
+                // SAFETY: a checked live block with n requested bytes; the free in move_to
+                // checks it again.
+                return unsafe { self.move_to(ptr, new_layout, n.min(new_size)) };
+            }
             // SAFETY: ptr is a live block of ours.
             let size = unsafe { self.usable_size(ptr) };
-            if !self.debug && new_size <= size && 4 * new_size > 3 * size {
+            if new_size <= size && 4 * new_size > 3 * size {
                 return ptr;
             }
             // SAFETY: forwarded contract; the copy stays inside both blocks (the free in
-            // move_to runs the debug checks).
+            // move_to runs the always-on checks).
             unsafe { self.move_to(ptr, new_layout, size.min(new_size)) }
         } else if layout.align() <= ALIGNMENT {
             // SAFETY: a live pointer of the allocator underneath, alignment it honours.

@@ -2,6 +2,8 @@
 //! process (this binary re-executed), which must die by SIGABRT with the expected message.
 //! Both modes; the debug-mode errors with `Config::with_debug(true)`, the always-on checks
 //! without it. (`tests/global_fork.rs` checks `FTMALLOC_DEBUG=1` with the global allocator.)
+//! Also debug mode's allocation paths that detect nothing: zero-size and zeroed requests (a large
+//! zeroed request must not become resident, measured in a child) and realloc.
 
 mod common;
 
@@ -15,13 +17,18 @@ fn lay(n: usize) -> Layout {
     Layout::from_size_align(n, 8).unwrap()
 }
 
-/// Runs `case` in a child, in `mode`; returns its stderr after checking it died by SIGABRT.
-fn die_in_child(case: &str, mode: &str) -> String {
-    let out = Command::new(std::env::current_exe().unwrap())
+/// Runs `case` in a child, in `mode`.
+fn run_child(case: &str, mode: &str) -> std::process::Output {
+    Command::new(std::env::current_exe().unwrap())
         .args(["child", "--exact", "--nocapture", "--test-threads=1"])
         .env(CASE, format!("{case}:{mode}"))
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs `case` in a child, in `mode`; returns its stderr after checking it died by SIGABRT.
+fn die_in_child(case: &str, mode: &str) -> String {
+    let out = run_child(case, mode);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(
@@ -31,6 +38,27 @@ fn die_in_child(case: &str, mode: &str) -> String {
         out.status
     );
     err
+}
+
+/// Prints the address a child case is about to hand to the allocator (`target 0x…`), so the
+/// parent can check that the message names exactly that pointer.
+fn announce(p: *const u8) {
+    eprintln!("target {:#x}", p as usize);
+}
+
+/// The address a child announced.
+fn target(err: &str) -> &str {
+    err.lines()
+        .find_map(|l| l.strip_prefix("target "))
+        .unwrap_or_else(|| panic!("the child announced no target:\n{err}"))
+}
+
+/// Resident bytes of this process.
+fn rss() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
 }
 
 /// The child: commits the error named by the environment.
@@ -81,6 +109,65 @@ fn child() {
                 let p = plain.alloc(lay(64));
                 plain.free(p.add(8));
             }
+            "realloc-interior-debug" => {
+                let p = debug.alloc(lay(64));
+                announce(p.add(16));
+                debug.realloc(p.add(16), lay(64), 200);
+            }
+            "usable-size-interior-debug" => {
+                let p = debug.alloc(lay(64));
+                announce(p.add(16));
+                let n = debug.usable_size(p.add(16));
+                eprintln!("usable_size returned {n:#x}");
+            }
+            "realloc-freed-debug" => {
+                let p = debug.alloc(lay(64));
+                debug.free(p);
+                announce(p);
+                debug.realloc(p, lay(64), 200);
+            }
+            "usable-size-freed-debug" => {
+                let p = debug.alloc(lay(64));
+                debug.free(p);
+                announce(p);
+                let n = debug.usable_size(p);
+                eprintln!("usable_size returned {n:#x}");
+            }
+            // A pool's start: the debug header would lie before it, in the previous pool (or
+            // outside the arena, when the pool is the arena's first).
+            "free-pool-start-debug" | "free-pool-start" => {
+                let a = if case == "free-pool-start" {
+                    &plain
+                } else {
+                    &debug
+                };
+                let p = a.alloc(lay(32));
+                let pool = a.geometry().pool_of(p as usize) as *mut u8;
+                announce(pool);
+                a.free(pool);
+            }
+            "free-arena-start-debug" => {
+                let p = debug.alloc(lay(32));
+                let arena = debug.geometry().arena_of(p as usize) as *mut u8;
+                announce(arena);
+                debug.free(arena);
+            }
+            // Not an error: exits normally (the parent checks), panics on failure.
+            "calloc-rss-debug" => {
+                let n = 1usize << 30;
+                let before = rss();
+                let p = debug.alloc_zeroed(Layout::from_size_align(n, 16).unwrap());
+                assert!(!p.is_null(), "alloc_zeroed of 1 GiB failed");
+                let after = rss();
+                eprintln!("alloc_zeroed(1 GiB) in debug mode: RSS {before} -> {after} bytes");
+                assert!(
+                    after.saturating_sub(before) < 64 << 20,
+                    "alloc_zeroed(1 GiB) in debug mode made {} MiB resident",
+                    (after - before) >> 20
+                );
+                assert!(*p == 0 && *p.add(n / 2) == 0 && *p.add(n - 1) == 0);
+                debug.free(p);
+            }
             "unused-pool" => {
                 let p = plain.alloc(lay(64));
                 // A pool of the same arena that was never handed out.
@@ -122,12 +209,138 @@ fn debug_mode_detects_each_error_in_both_modes() {
     }
 }
 
+/// Realloc and usable_size in debug mode check the pointer as free does, before anything is
+/// read through the debug header, allocated or copied, and name it as realloc's or
+/// usable_size's; free of a pool's (or arena's) start is an invalid free, not a read outside
+/// the pool.
+#[test]
+fn debug_mode_checks_every_pointer_before_reading_its_header() {
+    let cases = [
+        (
+            "realloc-interior-debug",
+            "ftmalloc: invalid realloc of ",
+            "not the start of a block",
+        ),
+        (
+            "usable-size-interior-debug",
+            "ftmalloc: invalid usable_size of ",
+            "not the start of a block",
+        ),
+        (
+            "realloc-freed-debug",
+            "ftmalloc debug: realloc of a freed block at ",
+            "size class",
+        ),
+        (
+            "usable-size-freed-debug",
+            "ftmalloc debug: usable_size of a freed block at ",
+            "size class",
+        ),
+        (
+            "free-pool-start-debug",
+            "ftmalloc: invalid free of ",
+            "not the start of a block",
+        ),
+        ("free-arena-start-debug", "ftmalloc: invalid free of ", ""),
+    ];
+    for &mode in Mode::NAMES {
+        for (case, prefix, what) in cases {
+            let err = die_in_child(case, mode);
+            let t = target(&err);
+            assert!(
+                err.contains(&format!("{prefix}{t}")) && err.contains(what),
+                "{case} ({mode}): expected {prefix:?} naming {t} and {what:?} in:\n{err}"
+            );
+            if case.starts_with("free-") {
+                // The pool named is the one the pointer is in, not the one before it.
+                assert!(
+                    err.contains(&format!("(pool {t}, ")),
+                    "{case} ({mode}): the message names another pool than {t}:\n{err}"
+                );
+            }
+        }
+    }
+}
+
+/// Debug mode serves a zero-size request with a usable size above zero (as non-debug mode and
+/// glibc do), zeroed requests with zeros inside intact guards, and realloc keeps contents.
+#[test]
+fn debug_mode_zero_size_zeroed_and_realloc() {
+    for &name in Mode::NAMES {
+        let mode = Mode::from_name(name).unwrap();
+        let debug = Allocator::with_config(mode, Config::PYMALLOC.with_debug(true)).unwrap();
+        let plain = Allocator::new(mode);
+        // SAFETY: every pointer used is live and freed once.
+        unsafe {
+            for a in [&debug, &plain] {
+                let z = Layout::from_size_align(0, 1).unwrap();
+                let p = a.alloc(z);
+                assert!(!p.is_null());
+                assert!(a.usable_size(p) > 0, "{name}: zero-size usable size is 0");
+                a.dealloc(p, z);
+            }
+            // The 0xCD fill left in freed blocks would show through if the zeroed path filled.
+            for n in [1, 40, 100, 400, 464] {
+                let p = debug.alloc(lay(n));
+                debug.free(p);
+                let q = debug.alloc_zeroed(lay(n));
+                assert_eq!(debug.usable_size(q), n);
+                assert!(
+                    std::slice::from_raw_parts(q, n).iter().all(|&b| b == 0),
+                    "{name}: alloc_zeroed({n}) in debug mode is not zero"
+                );
+                debug.free(q);
+            }
+            let p = debug.alloc(lay(40));
+            for i in 0..40 {
+                *p.add(i) = i as u8;
+            }
+            let q = debug.realloc(p, lay(40), 300);
+            assert_eq!(debug.usable_size(q), 300);
+            let r = debug.realloc(q, lay(300), 10);
+            assert_eq!(debug.usable_size(r), 10);
+            for i in 0..10 {
+                assert_eq!(*r.add(i), i as u8);
+            }
+            debug.free(r);
+        }
+        assert_eq!(debug.stats().blocks_in_use(), 0, "{name}");
+    }
+}
+
+/// A large zeroed request in debug mode gets fresh zero pages (the C library's calloc), not a
+/// memset: 1 GiB raises the resident set by less than 64 MiB. In a child, so no other test of
+/// this binary allocates while the resident set is measured.
+#[test]
+fn debug_mode_large_zeroed_request_is_not_resident() {
+    if std::env::var(CASE).is_ok() {
+        return;
+    }
+    for &mode in Mode::NAMES {
+        let out = run_child("calloc-rss-debug", mode);
+        assert!(
+            out.status.success(),
+            "calloc-rss-debug ({mode}): {:?}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn always_on_checks_catch_invalid_frees() {
     for &mode in Mode::NAMES {
         let err = die_in_child("interior", mode);
         assert!(
             err.contains("invalid free of 0x") && err.contains("not the start of a block"),
+            "{err}"
+        );
+        let err = die_in_child("free-pool-start", mode);
+        let t = target(&err);
+        assert!(
+            err.contains(&format!(
+                "invalid free of {t}: not the start of a block (pool {t}, "
+            )),
             "{err}"
         );
         let err = die_in_child("unused-pool", mode);

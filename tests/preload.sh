@@ -13,6 +13,7 @@ WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 cc -O1 -pthread -o "$WORK/abi" tests/c/abi.c
 cc -O1 -pthread -o "$WORK/fork_orders" tests/c/fork_orders.c
+cc -O1 -o "$WORK/debug" tests/c/debug.c
 
 # A real interpreter binary (not a pyenv shim script, which would run under the library too).
 PY="$(python3 -c 'import sys; print(sys.executable)')"
@@ -31,6 +32,23 @@ run() { # mode, description, command...
     fi
 }
 
+expect_abort() { # mode, debug (0/1), tests/c/debug.c case, the message's operation
+    local mode="$1" debug="$2" case="$3" op="$4" rc=0 target
+    printf 'preload[%s]: FTMALLOC_DEBUG=%s: debug.c %s aborts naming the pointer\n' "$mode" "$debug" "$case"
+    # Through an inner shell, whose "Aborted" notice goes to the captured stderr.
+    FTMALLOC_DEBUG="$debug" FTMALLOC_MODE="$mode" LD_PRELOAD="$LIB" \
+        bash -c '"$@"; exit $?' debug "$WORK/debug" "$case" >"$WORK/out" 2>"$WORK/err" || rc=$?
+    target="$(sed -n 's/^target //p' "$WORK/err")"
+    # 134: killed by SIGABRT (not SIGSEGV, not a normal return).
+    if [ "$rc" -ne 134 ] || [ -z "$target" ] || ! grep -q "^ftmalloc: invalid $op of $target: " "$WORK/err"; then
+        echo "preload[$mode]: FAILED: FTMALLOC_DEBUG=$debug debug.c $case: expected exit status" \
+             "134 (SIGABRT) and a message \"ftmalloc: invalid $op of ${target:-?}: ...\"; got $rc:" >&2
+        cat "$WORK/out" "$WORK/err" >&2
+        exit 1
+    fi
+    grep -m1 "^ftmalloc: invalid" "$WORK/err"
+}
+
 for mode in ft gil; do
     run "$mode" "C-ABI checks" "$WORK/abi"
     # fork in the lock orders that deadlock a fork handler taking the lock unconditionally
@@ -39,6 +57,20 @@ for mode in ft gil; do
     for case in stdio sigfork atfork; do
         run "$mode" "fork_orders $case (a hang is a deadlock)" \
             env FORK_ORDERS_CASE="$case" timeout 60 "$WORK/fork_orders"
+    done
+    # Debug mode checks a pointer before reading its debug header, for realloc and
+    # malloc_usable_size as for free; free of a pool's or arena's start is an invalid free in
+    # both modes.
+    expect_abort "$mode" 1 realloc-interior realloc
+    expect_abort "$mode" 1 usable-interior usable_size
+    for debug in 1 0; do
+        expect_abort "$mode" "$debug" free-pool-start free
+        expect_abort "$mode" "$debug" free-arena-start free
+        run "$mode" "FTMALLOC_DEBUG=$debug: malloc(0) usable size above 0, calloc zeroed" \
+            env FTMALLOC_DEBUG="$debug" "$WORK/debug" small
+        run "$mode" "FTMALLOC_DEBUG=$debug: calloc(1, 4 GiB) not resident" \
+            env FTMALLOC_DEBUG="$debug" "$WORK/debug" calloc-rss
+        echo "preload[$mode]: $(grep -m1 '^calloc(1, 4 GiB)' "$WORK/err")"
     done
     run "$mode" "ls -lR /usr/share" ls -lR /usr/share
     run "$mode" "sort" sh -c "ls -lR /usr/share/doc | sort > '$WORK/sorted' && test -s '$WORK/sorted'"

@@ -154,21 +154,19 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
         unsafe { free(p) };
         return ptr::null_mut();
     }
-    let h = heap();
-    // SAFETY: p is live (contract), so its usable size is readable and at least what was asked.
-    let old = unsafe { h.usable_size(p.cast()) };
     // The new size, rounded up to the alignment, must not exceed isize::MAX
     // (`Allocator::realloc`'s contract, as `GlobalAlloc::realloc`'s): `size <= isize::MAX`
     // alone lets isize::MAX - 14 ..= isize::MAX through (found by fuzz/ c_abi).
-    let (Ok(layout), Ok(_)) = (
-        Layout::from_size_align(old, MIN_ALIGN),
-        Layout::from_size_align(size, MIN_ALIGN),
-    ) else {
+    let Ok(layout) = Layout::from_size_align(size, MIN_ALIGN) else {
         set_errno(libc::ENOMEM);
         return ptr::null_mut();
     };
-    // SAFETY: p is live with at least `old` usable bytes; new size is non-zero and in range.
-    let q = unsafe { h.realloc(p.cast(), layout, size) };
+    // C knows no old layout. At alignment 16 `Allocator::realloc` uses only the layout's
+    // alignment and finds the old size from the pointer (its documented relaxation), so the new
+    // layout stands in. No usable-size query first: in debug mode the checks of a bad pointer
+    // then run in realloc and name it as realloc's.
+    // SAFETY: p is live (contract); the new size is non-zero and in range.
+    let q = unsafe { heap().realloc(p.cast(), layout, size) };
     if q.is_null() {
         set_errno(libc::ENOMEM);
     } else if trace::on() {
