@@ -10,6 +10,7 @@ use core::ptr;
 ///
 /// Over-maps by `align` and trims the unaligned head and tail, so no part of the
 /// result is lost to alignment.
+#[cfg(not(miri))]
 pub(crate) fn map_aligned(size: usize, align: usize) -> *mut u8 {
     debug_assert!(align.is_power_of_two() && size % crate::config::page_size() == 0);
     let Some(total) = size.checked_add(align) else {
@@ -37,6 +38,7 @@ pub(crate) fn map_aligned(size: usize, align: usize) -> *mut u8 {
 }
 
 /// Maps `size` bytes of zeroed, read-write anonymous memory. Returns null when the OS refuses.
+#[cfg(not(miri))]
 pub(crate) fn map(size: usize) -> *mut u8 {
     // SAFETY: an anonymous private mapping with a null hint touches no existing memory.
     let p = unsafe {
@@ -60,9 +62,11 @@ pub(crate) fn map(size: usize) -> *mut u8 {
 ///
 /// # Safety
 /// The range must have been mapped by [`map`] or [`map_aligned`] and nothing may touch it afterwards.
+#[cfg(not(miri))]
 pub(crate) unsafe fn unmap(ptr: *mut u8, size: usize) {
-    // Stale poison must not outlive the mapping (see `asan`).
+    // Stale poison must not outlive the mapping (see `asan`), nor loom's access history.
     crate::asan::unpoison(ptr, size);
+    crate::sync::forget_plain(ptr as usize, size);
     // SAFETY: the caller guarantees the range is ours and dead.
     let rc = unsafe { libc::munmap(ptr.cast(), size) };
     debug_assert_eq!(rc, 0, "munmap failed");
@@ -80,6 +84,7 @@ pub(crate) unsafe fn unmap(ptr: *mut u8, size: usize) {
 /// # Safety
 /// The range must lie inside a mapping made by [`map`] or [`map_aligned`], page-aligned, and
 /// hold nothing anyone will read as data again.
+#[cfg(not(miri))]
 pub(crate) unsafe fn purge(ptr: *mut u8, size: usize) {
     debug_assert!(ptr as usize % crate::config::page_size() == 0);
     // SAFETY: the caller guarantees the range is ours and dead; DONTNEED keeps it mapped.
@@ -88,6 +93,7 @@ pub(crate) unsafe fn purge(ptr: *mut u8, size: usize) {
 }
 
 /// Milliseconds of a monotonic clock (coarse: read from the vDSO, no system call).
+#[cfg(not(miri))]
 pub(crate) fn now_ms() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -96,6 +102,66 @@ pub(crate) fn now_ms() -> u64 {
     // SAFETY: ts is a valid out-pointer; the clock id is a constant Linux supports.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+#[cfg(miri)]
+pub(crate) use miri_os::{map, map_aligned, now_ms, purge, unmap};
+
+/// The OS layer under Miri, which runs the allocator's unsafe code with its aliasing and
+/// data-race checks but cannot split or trim a mapping: ordinary zeroed allocations stand in for
+/// mappings (aligned to their size when that is a power of two, as arenas are, else to a page),
+/// a purge writes zeros, and the clock is `Instant`.
+#[cfg(miri)]
+mod miri_os {
+    use std::alloc::{alloc_zeroed, dealloc, Layout};
+
+    fn layout(size: usize) -> Layout {
+        let page = crate::config::page_size();
+        let align = if size.is_power_of_two() && size >= page {
+            size
+        } else {
+            page
+        };
+        Layout::from_size_align(size, align).expect("a mapping's layout")
+    }
+
+    pub(crate) fn map_aligned(size: usize, align: usize) -> *mut u8 {
+        let l = layout(size);
+        assert!(
+            l.align() >= align,
+            "Miri's map_aligned: {size} bytes aligned to {align}"
+        );
+        // SAFETY: a non-zero size.
+        unsafe { alloc_zeroed(l) }
+    }
+
+    pub(crate) fn map(size: usize) -> *mut u8 {
+        // SAFETY: a non-zero size.
+        unsafe { alloc_zeroed(layout(size)) }
+    }
+
+    /// # Safety
+    /// As the real `unmap`.
+    pub(crate) unsafe fn unmap(ptr: *mut u8, size: usize) {
+        crate::sync::forget_plain(ptr as usize, size);
+        // SAFETY: allocated by map or map_aligned with this size, so with this layout.
+        unsafe { dealloc(ptr, layout(size)) };
+    }
+
+    /// # Safety
+    /// As the real `purge`.
+    pub(crate) unsafe fn purge(ptr: *mut u8, size: usize) {
+        // SAFETY: the caller owns the range.
+        unsafe { ptr.write_bytes(0, size) };
+    }
+
+    pub(crate) fn now_ms() -> u64 {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64
+    }
 }
 
 #[cfg(test)]

@@ -75,6 +75,18 @@ pub(crate) fn track_plain<T>(_p: *const T, _write: bool) {
     shadow::access(_p as usize, _write);
 }
 
+/// Forgets the shadow cells of `[addr, addr + len)`: the range is unmapped, and whatever is
+/// mapped there next is new memory (the kernel orders a `munmap` before an `mmap` that reuses
+/// its addresses, which loom cannot see). A no-op outside loom.
+#[inline(always)]
+pub(crate) fn forget_plain(_addr: usize, _len: usize) {
+    #[cfg(loom)]
+    shadow::CELLS.with(|m| {
+        m.borrow_mut()
+            .retain(|&a, _| a < _addr || a >= _addr + _len)
+    });
+}
+
 /// Forgets every shadow cell: call at the start of every loom execution (the cells of the last
 /// one belong to a finished execution).
 #[cfg(loom)]

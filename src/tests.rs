@@ -430,3 +430,42 @@ fn ft_threads_share_an_instance() {
     assert_eq!(s.blocks_in_use(), 0, "{s}");
     assert_eq!(s.total(), s.mapped_bytes());
 }
+
+/// Issue 12, defect 5: an owner allocating and freeing, a remote freer and a statistics reader
+/// on the same pools at once. Under Miri (`cargo +nightly miri test --lib
+/// owner_remote_freer_and_stats`, see README) its aliasing model checks that no reference to a
+/// pool header or to a cache is live while another thread uses the same memory: the pool
+/// header's accessors and the cache slot's layout are what make that hold.
+#[test]
+fn owner_remote_freer_and_stats_share_pools_without_aliasing() {
+    let a = Allocator::with_config(Mode::FreeThreaded, Config::new(1024, 4096)).unwrap();
+    let l = lay(48);
+    let mut tc = a.thread_cache().unwrap();
+    // SAFETY: fresh blocks, each freed once below.
+    let blocks: Vec<usize> = (0..24).map(|_| unsafe { tc.alloc(l) } as usize).collect();
+    let (mine, theirs) = blocks.split_at(12);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for &p in theirs {
+                // SAFETY: a live block of `a`, freed once (a remote free).
+                unsafe { a.free(p as *mut u8) };
+            }
+        });
+        s.spawn(|| {
+            for _ in 0..2 {
+                let st = a.stats();
+                assert!(st.blocks_in_use() <= blocks.len(), "{st}");
+            }
+        });
+        for &p in mine {
+            // SAFETY: live blocks of this handle's heap, each freed once; q is fresh.
+            unsafe {
+                tc.free(p as *mut u8);
+                let q = tc.alloc(l);
+                tc.free(q);
+            }
+        }
+    });
+    drop(tc);
+    assert_eq!(a.stats().blocks_in_use(), 0);
+}

@@ -28,7 +28,11 @@ fn model<F: Fn() + Sync + Send + 'static>(name: &str, f: F) {
     let runs = Arc::new(AtomicUsize::new(0));
     let r = runs.clone();
     let f = Arc::new(f);
-    loom::model(move || {
+    // Model (q) sets up 64 pools before its threads start: more branches than loom's default
+    // bound of 1,000 (a safeguard against spin loops, which the allocator has none of).
+    let mut builder = loom::model::Builder::new();
+    builder.max_branches = 20_000;
+    builder.check(move || {
         // The shadow cells through which loom sees plain memory (free-block links, pool
         // header fields) belong to one execution: start each with none (see `crate::sync`).
         ftmalloc::loom_shadow_reset();
@@ -661,8 +665,10 @@ fn three_freers_into_a_detached_pool() {
                 spawn(move || unsafe { a.free(p as *mut u8) })
             })
             .collect();
-        // SAFETY: freed once, by the detaching owner.
+        // SAFETY: freed once, by the detaching owner: into its batch (a handle batches remote
+        // frees), published by the flush, racing the other two publications.
         unsafe { owner.free(blocks[2] as *mut u8) };
+        owner.flush();
         for t in freers {
             t.join().unwrap();
         }
