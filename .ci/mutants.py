@@ -20,6 +20,7 @@ whole run takes about an hour with --preemptions 1 and longer with 2.
 import argparse
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -37,7 +38,8 @@ ORDER = [
     "cache_slot_hand_over", "reused_pool_changes_class", "purge_vs_claim", "two_adopters",
     "three_freers_into_a_detached_pool", "two_cached_freers_into_a_detached_pool",
     "remote_free_vs_trim_vs_adopter", "adopter_vs_pushes", "release_of_a_64_pool_arena_vs_claim",
-    "concurrent_new_arenas", "stats_vs_arena_release_and_reuse", "pool_claims_vs_arena_release",
+    "reclaimed_pool_carved_again", "concurrent_new_arenas", "stats_vs_arena_release_and_reuse",
+    "pool_claims_vs_arena_release",
 ]
 WEAKER = {
     "Acquire": ["Relaxed"],
@@ -122,6 +124,8 @@ def main():
     ap.add_argument("--markdown", help="also write the table (markdown) to this file")
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
     args = ap.parse_args()
+    # A SIGTERM unwinds through the `finally` that restores the mutated file.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     ms = [m for m in mutants() if not args.only or args.only in m[0] or args.only in m[4]]
     if args.list:
         for m in ms:

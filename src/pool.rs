@@ -153,6 +153,10 @@ impl PoolHeader {
             if !b.is_null() {
                 Self::set_free(pool, Block::next(b));
                 Self::add_ref(pool, 1);
+                // Handing a block out is a write of it (its user writes it next): under loom,
+                // it must happen after every earlier access, the previous user's and the
+                // freers' link writes (see `crate::sync`).
+                crate::sync::track_plain(b, true);
                 return b.cast();
             }
             let size = class_size(Self::class(pool) as usize) as u32;
@@ -160,7 +164,9 @@ impl PoolHeader {
             if (next + size) as usize <= geo.pool_size {
                 Self::set_next_offset(pool, next + size);
                 Self::add_ref(pool, 1);
-                return (pool as usize + next as usize) as *mut u8;
+                let b = (pool as usize + next as usize) as *mut u8;
+                crate::sync::track_plain(b, true);
+                return b;
             }
         }
         ptr::null_mut()

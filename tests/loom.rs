@@ -1031,3 +1031,56 @@ fn cache_slot_hand_over() {
         drain(&a, live, l);
     });
 }
+
+/// (s) As (i), but the owner carves the reclaimed pool again at once, while the freer may still
+/// be running: the blocks it hands out (the remotely freed one included) must be ordered after
+/// the remote free (the sweep's `swap` acquires the freer's publication; nothing else does).
+#[test]
+fn reclaimed_pool_carved_again() {
+    model("s: reclaimed pool carved again", || {
+        let (a, l) = tiny_heap();
+        // SAFETY: `a` outlives the handle: it is joined back and dropped below.
+        let mut owner = unsafe { detached_handle(&a) };
+        let blocks = fill_one_pool(&mut owner, l);
+        // SAFETY: fresh block: the full pool is detached, a second pool becomes current.
+        let extra = unsafe { owner.alloc(l) } as usize;
+        // SAFETY: each freed once (the first receives the detached pool back, see (i)).
+        unsafe {
+            owner.free(blocks[0] as *mut u8);
+            owner.flush();
+            owner.free(blocks[1] as *mut u8);
+            owner.free(blocks[2] as *mut u8);
+        }
+        let last = blocks[3];
+        let a1 = a.clone();
+        let freer = spawn(move || {
+            // SAFETY: freed once, remotely.
+            unsafe { a1.free(last as *mut u8) };
+        });
+        let owner = spawn(move || {
+            owner.trim();
+            // Seven blocks: the three left in the current pool, then four from the first
+            // pool, the reclaimed one if the sweep returned it (carved from the start).
+            // SAFETY: fresh blocks, freed at once.
+            let got: Vec<usize> = (0..7).map(|_| unsafe { owner.alloc(l) } as usize).collect();
+            for &p in &got {
+                // SAFETY: freed once.
+                unsafe { owner.free(p as *mut u8) };
+            }
+            // Frees into pools the handle does not own wait in its batches: publish them.
+            owner.flush();
+            (owner, got)
+        });
+        freer.join().unwrap();
+        let (owner, got) = owner.join().unwrap();
+        assert_eq!(
+            got.iter().collect::<HashSet<_>>().len(),
+            7,
+            "a block was handed out twice"
+        );
+        let live = vec![extra];
+        check(&a, &live);
+        drop(owner);
+        drain(&a, live, l);
+    });
+}
