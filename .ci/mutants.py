@@ -39,7 +39,7 @@ ORDER = [
     "three_freers_into_a_detached_pool", "two_cached_freers_into_a_detached_pool",
     "remote_free_vs_trim_vs_adopter", "adopter_vs_pushes", "release_of_a_64_pool_arena_vs_claim",
     "reclaimed_pool_carved_again", "concurrent_new_arenas", "stats_vs_arena_release_and_reuse",
-    "pool_claims_vs_arena_release",
+    "release_undone_by_a_pin_vs_claim", "pool_claims_vs_arena_release",
 ]
 WEAKER = {
     "Acquire": ["Relaxed"],
@@ -120,13 +120,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preemptions", type=int, default=1)
     ap.add_argument("--timeout", type=int, default=900, help="seconds per model run")
-    ap.add_argument("--only", help="run only mutants whose id or kind contains this")
+    ap.add_argument("--only", help="run only mutants whose id, kind or source line contains one of "
+                    "these comma-separated strings")
     ap.add_argument("--markdown", help="also write the table (markdown) to this file")
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
     args = ap.parse_args()
     # A SIGTERM unwinds through the `finally` that restores the mutated file.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    ms = [m for m in mutants() if not args.only or args.only in m[0] or args.only in m[4]]
+    only = args.only.split(",") if args.only else []
+    ms = [m for m in mutants()
+          if not only or any(o in m[0] or o in m[4] or o in m[3] for o in only)]
     if args.list:
         for m in ms:
             print(f"{m[0]:28} {m[4]:24} {'' if m[7] else '(not modelled) '}{m[3]}")

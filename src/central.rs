@@ -30,8 +30,9 @@
 //!    other side sees its store: either the releaser sees the pin and undoes the release, or the
 //!    reader sees `DYING` (or a later value) and skips the arena. (Fences, not `SeqCst`
 //!    accesses, because loom checks fences and treats `SeqCst` accesses as acquire/release.)
-//!    The releaser then clears the arena map entry, unmaps, and stores `base = VACANT`
-//!    (release).
+//!    A reader unpins with release after its last read and the releaser loads `pins` with
+//!    acquire, so a pin it sees gone was dropped after the reads it protected. The releaser then
+//!    clears the arena map entry, unmaps, and stores `base = VACANT` (release).
 //! 4. At least one arena stays mapped: a releaser first decrements `mapped` only if it is above
 //!    one, and restores it if the release transition then fails.
 //! 5. **New arena**: a slot moves `VACANT -> RESERVED` by compare-exchange, so one thread maps
@@ -242,6 +243,7 @@ impl Central {
         // Stable while we hold a clear bit (protocol step 1).
         let base = d.base.load(Ordering::Relaxed);
         debug_assert!(base > DYING);
+        crate::sync::track_mapping(base, false);
         let pool = (base + bit as usize * self.geo.pool_size) as *mut PoolHeader;
         if d.inited.load(Ordering::Relaxed) & (1u64 << bit) == 0 {
             // SAFETY: we own the pool; its memory is mapped and was never given a header.
@@ -451,7 +453,8 @@ impl Central {
         d.pending.store(base, Relaxed);
         d.base.store(DYING, Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        if d.pins.load(Ordering::Relaxed) != 0 {
+        // Acquire: a reader that has unpinned (release) finished reading before we unmap.
+        if d.pins.load(Ordering::Acquire) != 0 {
             // A statistics reader may be reading headers: undo (protocol step 3).
             d.base.store(base, Ordering::Release);
             d.free.store(self.all, Ordering::Release);
@@ -530,6 +533,7 @@ impl Central {
             fence(Ordering::SeqCst);
             let base = d.base.load(Ordering::Acquire);
             if base > DYING {
+                crate::sync::track_mapping(base, false);
                 let free = d.free.load(Ordering::Acquire);
                 let inited = d.inited.load(Ordering::Acquire);
                 let dirty = d.dirty.load(core::sync::atomic::Ordering::Relaxed)

@@ -75,6 +75,16 @@ pub(crate) fn track_plain<T>(_p: *const T, _write: bool) {
     shadow::access(_p as usize, _write);
 }
 
+/// Records a use of the arena mapped at `base` (a write: unmapping it), so that loom checks that
+/// every reader of an arena's memory (a claimer, a statistics walk) is ordered before the
+/// arena is unmapped. The cell's key is `base + 1`, an address no tracked field has. A no-op
+/// outside loom.
+#[inline(always)]
+pub(crate) fn track_mapping(_base: usize, _write: bool) {
+    #[cfg(loom)]
+    shadow::access(_base + 1, _write);
+}
+
 /// Forgets the shadow cells of `[addr, addr + len)`: the range is unmapped, and whatever is
 /// mapped there next is new memory (the kernel orders a `munmap` before an `mmap` that reuses
 /// its addresses, which loom cannot see). A no-op outside loom.

@@ -1084,3 +1084,52 @@ fn reclaimed_pool_carved_again() {
         drain(&a, live, l);
     });
 }
+
+/// (t) A statistics reader pins an arena its last pool is being returned to: the release is
+/// undone (`free` restored to every pool, release) while another thread claims a pool, which
+/// must then see the arena's `base`, not `DYING`.
+#[test]
+fn release_undone_by_a_pin_vs_claim() {
+    model("t: release undone by a pin vs claim", || {
+        let (a, l) = tiny_heap();
+        // Arena 0 is full: four caches hold one pool each.
+        let mut keep = Vec::new();
+        let mut live = Vec::new();
+        for _ in 0..4 {
+            let mut tc = a.thread_cache().unwrap();
+            // SAFETY: fresh block.
+            live.push(unsafe { tc.alloc(l) } as usize);
+            keep.push(tc);
+        }
+        // Arena 1: one pool, one block, given back by the releaser.
+        // SAFETY: `a`, moved into the releaser, outlives the handle.
+        let mut r = unsafe { detached_handle(&a) };
+        // SAFETY: fresh block.
+        let rb = unsafe { r.alloc(l) } as usize;
+        let a1 = a.clone();
+        let reader = spawn(move || {
+            let s = a1.stats();
+            assert!(s.counters.current <= 3, "{s}");
+        });
+        let a2 = a.clone();
+        let releaser = spawn(move || {
+            // SAFETY: freed once; the drop returns the pool and may release arena 1.
+            unsafe { r.free(rb as *mut u8) };
+            drop(r);
+            drop(a2);
+        });
+        let mut c = a.thread_cache().unwrap();
+        // SAFETY: fresh block, written to prove its memory is mapped.
+        let p = unsafe { c.alloc(l) };
+        assert!(!p.is_null());
+        // SAFETY: as above.
+        unsafe { p.write_bytes(0x3C, l.size()) };
+        reader.join().unwrap();
+        releaser.join().unwrap();
+        live.push(p as usize);
+        check(&a, &live);
+        drop(c);
+        drop(keep);
+        drain(&a, live, l);
+    });
+}
