@@ -121,15 +121,17 @@ def main():
     ap.add_argument("--preemptions", type=int, default=1)
     ap.add_argument("--timeout", type=int, default=900, help="seconds per model run")
     ap.add_argument("--only", help="run only mutants whose id, kind or source line contains one of "
-                    "these comma-separated strings")
+                    "these ;-separated strings (=TEXT: the whole source line is TEXT)")
     ap.add_argument("--markdown", help="also write the table (markdown) to this file")
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
     args = ap.parse_args()
     # A SIGTERM unwinds through the `finally` that restores the mutated file.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    only = args.only.split(",") if args.only else []
+    only = [o for o in args.only.split(";") if o] if args.only else []
+    # "=TEXT" matches a whole source line exactly.
     ms = [m for m in mutants()
-          if not only or any(o in m[0] or o in m[4] or o in m[3] for o in only)]
+          if not only or any(m[3] == o[1:] if o.startswith("=") else
+                             (o in m[0] or o in m[4] or o in m[3]) for o in only)]
     if args.list:
         for m in ms:
             print(f"{m[0]:28} {m[4]:24} {'' if m[7] else '(not modelled) '}{m[3]}")
