@@ -147,6 +147,20 @@ fn remote_free_vs_owner_collecting() {
     });
 }
 
+/// Fills the first arena: four caches (returned, to be kept alive) hold one pool each, with one
+/// live block each (returned).
+fn fill_first_arena(a: &Allocator, l: Layout) -> (Vec<ThreadCache<'_>>, Vec<usize>) {
+    let mut keep = Vec::new();
+    let mut live = Vec::new();
+    for _ in 0..4 {
+        let mut tc = a.thread_cache().unwrap();
+        // SAFETY: fresh block.
+        live.push(unsafe { tc.alloc(l) } as usize);
+        keep.push(tc);
+    }
+    (keep, live)
+}
+
 /// Allocates the 4 blocks of one pool through `owner`, leaving that pool full.
 fn fill_one_pool(owner: &mut ThreadCache<'_>, l: Layout) -> Vec<usize> {
     // SAFETY: blocks are live until freed once.
@@ -452,14 +466,7 @@ fn pool_claims_vs_arena_release() {
     model("c: pool claims vs arena release", || {
         let (a, l) = tiny_heap();
         // Fill the first arena's 4 pools, one per cache, so it stays mapped and full.
-        let mut keep = Vec::new();
-        let mut live = Vec::new();
-        for _ in 0..4 {
-            let mut tc = a.thread_cache().unwrap();
-            // SAFETY: fresh block.
-            live.push(unsafe { tc.alloc(l) } as usize);
-            keep.push(tc);
-        }
+        let (keep, mut live) = fill_first_arena(&a, l);
         // A fifth cache opens a second arena; its last pool goes back from another thread.
         // SAFETY: a1, moved into the releaser with r, outlives r.
         let mut r = unsafe { detached_handle(&a) };
@@ -829,15 +836,7 @@ fn adopter_vs_pushes() {
 fn concurrent_new_arenas() {
     model("o: concurrent new arenas", || {
         let (a, l) = tiny_heap();
-        // Arena 0 is full: four caches hold one pool each.
-        let mut keep = Vec::new();
-        let mut live = Vec::new();
-        for _ in 0..4 {
-            let mut tc = a.thread_cache().unwrap();
-            // SAFETY: fresh block.
-            live.push(unsafe { tc.alloc(l) } as usize);
-            keep.push(tc);
-        }
+        let (keep, mut live) = fill_first_arena(&a, l);
         let claimers: Vec<_> = (0..2)
             .map(|_| {
                 let a = a.clone();
@@ -1092,15 +1091,7 @@ fn reclaimed_pool_carved_again() {
 fn release_undone_by_a_pin_vs_claim() {
     model("t: release undone by a pin vs claim", || {
         let (a, l) = tiny_heap();
-        // Arena 0 is full: four caches hold one pool each.
-        let mut keep = Vec::new();
-        let mut live = Vec::new();
-        for _ in 0..4 {
-            let mut tc = a.thread_cache().unwrap();
-            // SAFETY: fresh block.
-            live.push(unsafe { tc.alloc(l) } as usize);
-            keep.push(tc);
-        }
+        let (keep, mut live) = fill_first_arena(&a, l);
         // Arena 1: one pool, one block, given back by the releaser.
         // SAFETY: `a`, moved into the releaser, outlives the handle.
         let mut r = unsafe { detached_handle(&a) };
