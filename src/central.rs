@@ -645,7 +645,7 @@ mod tests {
     /// unreleasable in the child forever; the child handler drops it.
     #[test]
     fn a_child_releases_an_arena_its_parent_had_pinned() {
-        let (c, map, geo) = setup();
+        let (mut c, map, geo) = setup();
         let d = c.desc(1);
         // A reader in the parent pinned arena 1 before it became free: the release is undone.
         d.pins.store(1, Ordering::Relaxed);
@@ -662,13 +662,14 @@ mod tests {
             "the child never releases the arena"
         );
         assert!(map.lookup(second).is_none());
+        c.release_all(&map);
     }
 
     /// Issue 12, defect 4: descriptors in the middle of a mapping, a release, or an undone
     /// release when the parent forked are finished or undone in the child.
     #[test]
     fn a_child_finishes_descriptors_left_in_flight() {
-        let (c, map, geo) = setup();
+        let (mut c, map, geo) = setup();
         let d = c.desc(1);
         use core::sync::atomic::Ordering::Relaxed;
         // (A pin keeps arena 1 mapped while its pools come back.)
@@ -715,5 +716,6 @@ mod tests {
             c.all,
             "pools of an undone release stay claimed"
         );
+        c.release_all(&map);
     }
 }
