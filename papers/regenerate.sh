@@ -2,7 +2,7 @@
 # Regenerates every table and figure that papers/ftmalloc.md cites, into papers/results/
 # (or the folder given as the first argument). Run it on a quiet machine: it measures.
 #
-#   papers/regenerate.sh                  # everything, about 10 minutes on 2 cores
+#   papers/regenerate.sh                  # everything, about 25 minutes on 2 cores
 #   papers/regenerate.sh /tmp/fresh       # elsewhere, to compare with the committed run
 #
 # What makes what:
@@ -15,6 +15,10 @@
 #   cpython.md                                 python3 bench/pytrace/cpython_bench.py --markdown
 #                                              (needs python3 and libftmalloc.so)
 #   loom.txt                                   .ci/loom
+# Not run here (too long for a measuring run; regenerate by hand):
+#   mutants.txt                                .ci/mutants.py --preemptions 1 (about 35 minutes),
+#                                              the table in papers/design.md
+#   sanitize.txt, fuzz.txt                     papers/hardening.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
