@@ -415,6 +415,32 @@ fn purge_vs_claim() {
     });
 }
 
+/// A handle owning two pools: the current one, holding `extra`, and a partial one whose only
+/// live block is `last` (the other three freed). Returns `(handle, extra, last)`.
+///
+/// # Safety
+/// As [`detached_handle`]: the caller keeps `a` alive until the handle is dropped.
+unsafe fn partial_pool_with_one_live_block(
+    a: &Arc<Allocator>,
+    l: Layout,
+) -> (ThreadCache<'static>, usize, usize) {
+    // SAFETY: forwarded contract.
+    let mut owner = unsafe { detached_handle(a) };
+    let blocks = fill_one_pool(&mut owner, l);
+    // SAFETY: fresh block: the full pool is detached, a second pool becomes current.
+    let extra = unsafe { owner.alloc(l) } as usize;
+    // SAFETY: each freed once. The first free receives the detached pool back (its word names
+    // this cache); the next two are local frees.
+    unsafe {
+        owner.free(blocks[0] as *mut u8);
+        owner.flush();
+        owner.free(blocks[1] as *mut u8);
+        owner.free(blocks[2] as *mut u8);
+    }
+    assert_eq!(owner.pools(), 2);
+    (owner, extra, blocks[3])
+}
+
 /// (i) The owner sweeps its partial pools while another thread frees the last live block of
 /// one of them: the pool is returned to its arena exactly once, by this sweep or the next.
 #[test]
@@ -422,20 +448,7 @@ fn sweep_vs_remote_free() {
     model("i: sweep vs remote free", || {
         let (a, l) = tiny_heap();
         // SAFETY: `a` outlives the handle: it is joined back and dropped below.
-        let mut owner = unsafe { detached_handle(&a) };
-        let blocks = fill_one_pool(&mut owner, l);
-        // SAFETY: fresh block: the full pool is detached, a second pool becomes current.
-        let extra = unsafe { owner.alloc(l) } as usize;
-        // SAFETY: each freed once. The first free receives the detached pool back (its word
-        // names this cache); the next two are local frees.
-        unsafe {
-            owner.free(blocks[0] as *mut u8);
-            owner.flush();
-            owner.free(blocks[1] as *mut u8);
-            owner.free(blocks[2] as *mut u8);
-        }
-        assert_eq!(owner.pools(), 2);
-        let last = blocks[3];
+        let (mut owner, extra, last) = unsafe { partial_pool_with_one_live_block(&a, l) };
         let a1 = a.clone();
         let freer = spawn(move || {
             // SAFETY: freed once, remotely.
@@ -1039,18 +1052,7 @@ fn reclaimed_pool_carved_again() {
     model("s: reclaimed pool carved again", || {
         let (a, l) = tiny_heap();
         // SAFETY: `a` outlives the handle: it is joined back and dropped below.
-        let mut owner = unsafe { detached_handle(&a) };
-        let blocks = fill_one_pool(&mut owner, l);
-        // SAFETY: fresh block: the full pool is detached, a second pool becomes current.
-        let extra = unsafe { owner.alloc(l) } as usize;
-        // SAFETY: each freed once (the first receives the detached pool back, see (i)).
-        unsafe {
-            owner.free(blocks[0] as *mut u8);
-            owner.flush();
-            owner.free(blocks[1] as *mut u8);
-            owner.free(blocks[2] as *mut u8);
-        }
-        let last = blocks[3];
+        let (mut owner, extra, last) = unsafe { partial_pool_with_one_live_block(&a, l) };
         let a1 = a.clone();
         let freer = spawn(move || {
             // SAFETY: freed once, remotely.
