@@ -6,10 +6,15 @@
 //! and the static instance is built in place. Concurrent first callers wait (spin) while one
 //! thread builds it; building only maps memory, so it is short.
 
-use crate::{Allocator, Mode, Stats};
+use crate::base::diag::{die_fmt, StderrWriter};
+use crate::base::env;
+use crate::heap::Allocator;
+use crate::layout::geometry::Config;
+use crate::layout::stats::Stats;
+use crate::layout::Mode;
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
-use core::fmt::{self, Write as _};
+use core::fmt::Write as _;
 use core::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -71,11 +76,11 @@ fn init_slow() -> &'static Allocator {
             Ok(m) => m,
             Err(e) => die_fmt(e),
         };
-        let stats = match env_flag(c"FTMALLOC_STATS") {
+        let stats = match env::flag(c"FTMALLOC_STATS") {
             Ok(s) => s,
             Err(e) => die_fmt(e),
         };
-        let debug = match env_flag(c"FTMALLOC_DEBUG") {
+        let debug = match env::flag(c"FTMALLOC_DEBUG") {
             Ok(d) => d,
             Err(e) => die_fmt(e),
         };
@@ -83,9 +88,7 @@ fn init_slow() -> &'static Allocator {
             Ok(d) => d,
             Err(e) => die_fmt(e),
         };
-        let config = crate::Config::PYMALLOC
-            .with_debug(debug)
-            .with_decay_ms(decay);
+        let config = Config::PYMALLOC.with_debug(debug).with_decay_ms(decay);
         let mut heap = match Allocator::with_config(mode, config) {
             Ok(h) => h,
             Err(e) => die_fmt(e),
@@ -94,6 +97,8 @@ fn init_slow() -> &'static Allocator {
         // SAFETY: we won the UNINIT -> BUSY race, so nobody else reads or writes the cell.
         unsafe { (*INSTANCE.0.get()).write(heap) };
         STATE.store(READY, Ordering::Release);
+        #[cfg(not(loom))]
+        crate::heap::set_thread_exit_hook(thread_exit);
         // SAFETY: the handlers are valid extern "C" fns; registering may allocate through the
         // C library's own allocator, not this one.
         unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
@@ -110,162 +115,32 @@ fn init_slow() -> &'static Allocator {
     unsafe { (*INSTANCE.0.get()).assume_init_ref() }
 }
 
-/// A bad environment variable: its name, value, and what is accepted.
-pub(crate) struct EnvError {
-    name: &'static str,
-    value: &'static [u8],
-    accepted: &'static [&'static str],
-}
-
-impl fmt::Display for EnvError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let v = &self.value[..self.value.len().min(200)];
-        write!(f, "ftmalloc: {}=\"", self.name)?;
-        for &b in v {
-            if b.is_ascii_graphic() || b == b' ' {
-                f.write_char(b as char)?;
-            } else {
-                write!(f, "\\x{b:02x}")?;
-            }
-        }
-        write!(f, "\" is not accepted; accepted values: ")?;
-        for (i, a) in self.accepted.iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            f.write_str(a)?;
-        }
-        f.write_str("\n")
-    }
-}
-
-fn getenv(name: &core::ffi::CStr) -> Option<&'static [u8]> {
-    // SAFETY: name is NUL-terminated; getenv returns null or a NUL-terminated string that lives
-    // as long as the environment is not modified (we copy nothing and read it at once).
-    let p = unsafe { libc::getenv(name.as_ptr()) };
-    if p.is_null() {
-        None
-    } else {
-        // SAFETY: p is a valid C string from the environment.
-        Some(unsafe { core::ffi::CStr::from_ptr(p) }.to_bytes())
-    }
-}
-
-/// Parses `FTMALLOC_MODE` without allocating.
-pub(crate) fn env_mode() -> Result<Mode, EnvError> {
-    match getenv(c"FTMALLOC_MODE") {
-        None | Some(b"") => Ok(DEFAULT_MODE),
-        Some(v) => core::str::from_utf8(v)
-            .ok()
-            .and_then(Mode::from_name)
-            .ok_or(EnvError {
-                name: "FTMALLOC_MODE",
-                value: v,
-                accepted: Mode::NAMES,
-            }),
-    }
-}
-
-/// Parses `FTMALLOC_DECAY_MS` (decimal milliseconds, at most one hour) without allocating.
-pub(crate) fn env_decay_ms() -> Result<u64, EnvError> {
-    let v = match getenv(c"FTMALLOC_DECAY_MS") {
-        None | Some(b"") => return Ok(crate::Config::DEFAULT_DECAY_MS),
-        Some(v) => v,
-    };
-    if v.len() <= 7 && v.iter().all(u8::is_ascii_digit) {
-        let n = v.iter().fold(0u64, |n, &b| n * 10 + u64::from(b - b'0'));
-        if n <= crate::Config::MAX_DECAY_MS {
-            return Ok(n);
-        }
-    }
-    Err(EnvError {
-        name: "FTMALLOC_DECAY_MS",
-        value: v,
-        accepted: &["an integer from 0 to 3600000 (milliseconds)"],
+/// The process-wide heap's mode from `FTMALLOC_MODE` (unset or empty: [`DEFAULT_MODE`]).
+fn env_mode() -> Result<Mode, env::EnvError> {
+    Ok(match env::choice(c"FTMALLOC_MODE", Mode::NAMES)? {
+        None => DEFAULT_MODE,
+        Some(i) => Mode::from_name(Mode::NAMES[i]).unwrap_or(DEFAULT_MODE),
     })
 }
 
-/// Parses a 0/1 flag variable without allocating.
-pub(crate) fn env_flag(name: &'static core::ffi::CStr) -> Result<bool, EnvError> {
-    match getenv(name) {
-        None | Some(b"") | Some(b"0") => Ok(false),
-        Some(b"1") => Ok(true),
-        Some(v) => Err(EnvError {
-            name: name.to_str().unwrap_or("?"),
-            value: v,
-            accepted: &["0", "1"],
-        }),
-    }
+/// `FTMALLOC_DECAY_MS` (unset or empty: [`Config::DEFAULT_DECAY_MS`]).
+fn env_decay_ms() -> Result<u64, env::EnvError> {
+    Ok(env::integer(
+        c"FTMALLOC_DECAY_MS",
+        Config::MAX_DECAY_MS,
+        &["an integer from 0 to 3600000 (milliseconds)"],
+    )?
+    .unwrap_or(Config::DEFAULT_DECAY_MS))
 }
 
-/// Writes formatted text to stderr through a stack buffer: no allocation.
-pub(crate) struct StderrWriter {
-    buf: [u8; 1024],
-    len: usize,
-}
-
-impl StderrWriter {
-    pub(crate) fn new() -> StderrWriter {
-        StderrWriter {
-            buf: [0; 1024],
-            len: 0,
-        }
-    }
-
-    pub(crate) fn flush(&mut self) {
-        let mut off = 0;
-        while off < self.len {
-            // SAFETY: buf[off..len] is initialised memory we own.
-            let n = unsafe { libc::write(2, self.buf[off..].as_ptr().cast(), self.len - off) };
-            if n <= 0 {
-                break;
-            }
-            off += n as usize;
-        }
-        self.len = 0;
-    }
-}
-
-impl fmt::Write for StderrWriter {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        for chunk in s.as_bytes().chunks(self.buf.len()) {
-            if self.len + chunk.len() > self.buf.len() {
-                self.flush();
-            }
-            self.buf[self.len..self.len + chunk.len()].copy_from_slice(chunk);
-            self.len += chunk.len();
-        }
-        Ok(())
-    }
-}
-
-/// Writes `msg` to stderr and aborts. Allocates nothing.
-#[cold]
-pub(crate) fn die(msg: &[u8]) -> ! {
-    // SAFETY: msg is a valid buffer; write and abort have no other preconditions.
-    unsafe {
-        libc::write(2, msg.as_ptr().cast(), msg.len());
-        libc::abort()
-    }
-}
-
-/// Formats `msg` to stderr and aborts. Allocates nothing.
-#[cold]
-pub(crate) fn die_fmt(msg: impl fmt::Display) -> ! {
-    let mut w = StderrWriter::new();
-    let _ = write!(w, "{msg}");
-    w.flush();
-    // SAFETY: abort has no preconditions.
-    unsafe { libc::abort() }
-}
-
-/// Runs `f` on the process-wide heap if it exists and is free-threaded (thread exit).
+/// The thread-exit hook of the process-wide heap (installed when it is built): abandons the
+/// exiting thread's cache of it.
 #[cfg(not(loom))]
-pub(crate) fn thread_exit(f: impl FnOnce(&crate::ft::FtHeap, &crate::thread_cache::Ctx<'_>)) {
+fn thread_exit(tid: usize) {
     if STATE.load(Ordering::Acquire) == READY {
         // SAFETY: READY observed with acquire.
         let a = unsafe { (*INSTANCE.0.get()).assume_init_ref() };
-        a.with_ft(f);
+        a.thread_exit(tid);
     }
 }
 

@@ -1,6 +1,9 @@
 //! Unit tests of [`Allocator`] across modules (layout, GIL algorithms, routing, stats).
 
 use super::*;
+use crate::size_class::class_size;
+use core::ptr;
+use std::alloc::Layout;
 use std::collections::HashSet;
 
 fn lay(size: usize) -> Layout {

@@ -21,16 +21,22 @@
 //!
 //! Nothing on the exit path allocates through ftmalloc (see the `exit` module).
 
-use crate::arena_map::ArenaMap;
-use crate::central::Central;
-use crate::config::Geometry;
-use crate::os;
-use crate::pool::PoolHeader;
-use crate::stats::Stats;
-use crate::sync::Ordering;
-use crate::thread_cache::{self, remote_count, Cache, CacheSlot, Ctx, DETACHED};
+pub(crate) mod central;
+#[cfg(not(loom))]
+mod registry;
+pub(crate) mod thread_cache;
+
+use crate::base::os;
+use crate::base::sync::Ordering;
+use crate::layout::arena_map::ArenaMap;
+use crate::layout::geometry::{Config, Geometry};
+use crate::layout::pool::PoolHeader;
+use crate::layout::stats::Stats;
+use crate::layout::{Arenas, Front, Mode};
+use central::Central;
 use core::cell::Cell;
 use core::ptr;
+use thread_cache::{remote_count, Cache, CacheSlot, Ctx, DETACHED};
 
 /// Cache slots per heap (threads and handles alive at once).
 #[cfg(not(loom))]
@@ -56,8 +62,37 @@ struct Memo {
     cache: *mut Cache,
 }
 
-crate::sync::ft_thread_local! {
+crate::base::sync::ft_thread_local! {
     static MEMO: Cell<Memo> = Cell::new(Memo { heap: 0, cache: ptr::null_mut() });
+}
+
+/// The process shell's thread-exit hook (a `fn(usize)`, 0 while none is set): called with the
+/// exiting thread's index, it reaches the process-wide heap, which this module does not know.
+#[cfg(not(loom))]
+static EXIT_HOOK: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Installs the thread-exit hook (see `EXIT_HOOK`).
+#[cfg(not(loom))]
+pub(crate) fn set_thread_exit_hook(hook: fn(usize)) {
+    EXIT_HOOK.store(hook as usize, core::sync::atomic::Ordering::Release);
+}
+
+/// Thread `tid` is exiting (called by the registry's destructor): later allocations of this
+/// thread take the cache-less path, and the hook abandons its cache of the process-wide heap.
+#[cfg(not(loom))]
+fn thread_exiting(tid: usize) {
+    MEMO.with(|m| {
+        m.set(Memo {
+            heap: DEAD,
+            cache: ptr::null_mut(),
+        })
+    });
+    let hook = EXIT_HOOK.load(core::sync::atomic::Ordering::Acquire);
+    if hook != 0 {
+        // SAFETY: EXIT_HOOK only ever holds 0 or a `fn(usize)` stored by set_thread_exit_hook.
+        let hook: fn(usize) = unsafe { core::mem::transmute::<usize, fn(usize)>(hook) };
+        hook(tid);
+    }
 }
 
 pub(crate) struct FtHeap {
@@ -78,11 +113,11 @@ unsafe impl Send for FtHeap {}
 unsafe impl Sync for FtHeap {}
 
 fn caches_bytes() -> usize {
-    (MAX_CACHES * core::mem::size_of::<CacheSlot>()).next_multiple_of(crate::config::page_size())
+    (MAX_CACHES * core::mem::size_of::<CacheSlot>()).next_multiple_of(crate::base::os::page_size())
 }
 
 fn by_tid_bytes() -> usize {
-    (MAX_THREADS * core::mem::size_of::<usize>()).next_multiple_of(crate::config::page_size())
+    (MAX_THREADS * core::mem::size_of::<usize>()).next_multiple_of(crate::base::os::page_size())
 }
 
 impl FtHeap {
@@ -109,17 +144,12 @@ impl FtHeap {
     }
 
     #[inline(always)]
-    pub(crate) fn ctx<'a>(&'a self, geo: &'a Geometry, map: &'a ArenaMap) -> Ctx<'a> {
+    pub(crate) fn ctx<'a>(&'a self, arenas: &'a Arenas) -> Ctx<'a> {
         Ctx {
-            geo,
+            geo: &arenas.geo,
             central: &self.central,
-            map,
+            map: &arenas.map,
         }
-    }
-
-    /// Marks this heap as the process-wide one (before any thread uses it).
-    pub(crate) fn set_process_heap(&mut self) {
-        self.process_heap = true;
     }
 
     /// Takes a free cache slot, or null when all are in use. `batching`: whether the cache
@@ -155,7 +185,7 @@ impl FtHeap {
         unsafe {
             (*cache).abandon_all(cx);
             // The last write of this owner; the next taker's is ordered after it by `in_use`.
-            crate::sync::track_plain(cache, true);
+            crate::base::sync::track_plain(cache, true);
             (*self.caches.add(i)).in_use.store(0, Ordering::Release);
         }
     }
@@ -180,6 +210,34 @@ impl FtHeap {
             self.local_cache()
         } else {
             self.bound_cache()
+        }
+    }
+
+    /// A free into a pool the calling thread does not own: batched in the thread's cache
+    /// (binding the thread to one if it has none yet), or published at once without one.
+    ///
+    /// # Safety
+    /// `block` is a live block of `pool`; `cache` null or the caller's own cache.
+    #[inline(never)]
+    unsafe fn free_remote(
+        &self,
+        pool: *mut PoolHeader,
+        block: *mut u8,
+        cache: *mut Cache,
+        cx: &Ctx<'_>,
+    ) {
+        let c = if cache.is_null() {
+            self.cache_for_remote_free()
+        } else {
+            cache
+        };
+        // SAFETY: forwarded contract; a non-null cache is the calling thread's own.
+        unsafe {
+            if c.is_null() {
+                thread_cache::remote_free_direct(pool, block, cx);
+            } else {
+                (*c).free_remote(pool, block, cx);
+            }
         }
     }
 
@@ -215,7 +273,7 @@ impl FtHeap {
                     cache: ptr::null_mut(),
                 })
             });
-            let Some(tid) = exit::current_tid() else {
+            let Some(tid) = registry::current_tid() else {
                 MEMO.with(|m| m.set(prev));
                 return ptr::null_mut();
             };
@@ -275,7 +333,6 @@ impl FtHeap {
     }
 
     /// Abandons the cache bound to `tid`, if any (thread exit of the process-wide heap).
-    #[cfg(not(loom))]
     fn abandon_tid(&self, tid: usize, cx: &Ctx<'_>) {
         // SAFETY: tid < MAX_THREADS and is held by the exiting thread.
         let entry = unsafe { &mut *self.by_tid.add(tid) };
@@ -290,7 +347,7 @@ impl FtHeap {
     /// and sweeps every partial pool, empty abandoned pools return to their arenas, every free
     /// pool is purged and arenas whose pools are all free are released. Returns the number of
     /// pools returned to arenas.
-    pub(crate) fn trim(&self, cx: &Ctx<'_>) -> usize {
+    pub(crate) fn trim_all(&self, cx: &Ctx<'_>) -> usize {
         let c = self.bound_cache();
         let mut n = 0;
         if !c.is_null() {
@@ -301,7 +358,7 @@ impl FtHeap {
     }
 
     /// Fills `stats` by walking every pool of every mapped arena (arenas pinned meanwhile).
-    pub(crate) fn fill_stats(&self, stats: &mut Stats, geo: &Geometry) {
+    pub(crate) fn walk_stats(&self, stats: &mut Stats, geo: &Geometry) {
         stats.counters = self.central.counters();
         stats.pools_purged = self.central.pools_purged() as u64;
         self.central.for_each_pool(|pool, claimed, dirty| {
@@ -328,7 +385,7 @@ impl FtHeap {
                 )
             };
             // A header being purged under a claim reads as zeros: no carve mark.
-            if class == crate::pool::NO_CLASS || (next as usize) < geo.pool_overhead {
+            if class == crate::layout::pool::NO_CLASS || (next as usize) < geo.pool_overhead {
                 stats.unused_pools += 1;
                 return;
             }
@@ -358,7 +415,7 @@ impl FtHeap {
     }
 
     /// Unmaps everything. Used when the heap is dropped.
-    pub(crate) fn release_all(&mut self, map: &ArenaMap) {
+    pub(crate) fn unmap_all(&mut self, map: &ArenaMap) {
         self.central.release_all(map);
         // SAFETY: the tables were mapped in new with these sizes; the heap is being dropped.
         unsafe {
@@ -368,108 +425,130 @@ impl FtHeap {
     }
 }
 
-/// Thread exit: the `tid` registry and the destructor that abandons the thread's cache.
-///
-/// The destructor is a `pthread_key` destructor, not a Rust thread-local with `Drop`: registering
-/// a Rust TLS destructor goes through `__cxa_thread_atexit_impl`, which calls `calloc`, and in the
-/// C-ABI library `calloc` is this allocator. The key is created once, the first time a thread
-/// binds, which in practice is early in the process, so it gets a low index and
-/// `pthread_setspecific` needs no memory (glibc allocates only for keys >= 32). If it ever did,
-/// the nested allocation would find the memo in the `BINDING` state and take the cache-less path.
-#[cfg(not(loom))]
-mod exit {
-    use super::{Memo, DEAD, MAX_THREADS, MEMO};
-    use core::cell::Cell;
-    use core::ptr;
-    use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+impl Front for FtHeap {
+    const MODE: Mode = Mode::FreeThreaded;
+    /// A handle's cache slot; null: the calling thread's own cache (bound on first use).
+    type Local = *mut Cache;
+    const NO_LOCAL: *mut Cache = ptr::null_mut();
 
-    /// One bit per thread index in use.
-    static TIDS: [AtomicU64; MAX_THREADS / 64] = [const { AtomicU64::new(0) }; MAX_THREADS / 64];
-
-    /// The pthread key plus one (0: not created yet).
-    static KEY: AtomicUsize = AtomicUsize::new(0);
-
-    std::thread_local! {
-        /// This thread's index plus one (0: none yet). Const, no destructor.
-        static TID: Cell<usize> = const { Cell::new(0) };
+    fn build(geo: Geometry, config: &Config) -> Option<FtHeap> {
+        FtHeap::new(geo, config.decay_ms)
     }
 
-    fn acquire_tid() -> Option<usize> {
-        for (w, word) in TIDS.iter().enumerate() {
-            let mut v = word.load(Ordering::Relaxed);
-            while v != u64::MAX {
-                let bit = (!v).trailing_zeros();
-                match word.compare_exchange_weak(
-                    v,
-                    v | (1 << bit),
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => return Some(w * 64 + bit as usize),
-                    Err(now) => v = now,
-                }
-            }
+    #[inline(always)]
+    unsafe fn alloc(&self, class: usize, cache: *mut Cache, arenas: &Arenas) -> *mut u8 {
+        let cx = self.ctx(arenas);
+        let c = if cache.is_null() {
+            self.local_cache()
+        } else {
+            cache
+        };
+        if c.is_null() {
+            self.alloc_cacheless(class, &cx)
+        } else {
+            // SAFETY: a bound cache or a handle's cache is used by this thread only.
+            unsafe { (*c).alloc(class, &cx) }
         }
-        None
     }
 
-    fn release_tid(tid: usize) {
-        TIDS[tid / 64].fetch_and(!(1u64 << (tid % 64)), Ordering::Release);
-    }
-
-    fn key() -> Option<libc::pthread_key_t> {
-        let k = KEY.load(Ordering::Acquire);
-        if k != 0 {
-            return Some((k - 1) as libc::pthread_key_t);
-        }
-        let mut new: libc::pthread_key_t = 0;
-        // SAFETY: `new` is a valid out-pointer; on_exit matches the destructor signature.
-        if unsafe { libc::pthread_key_create(&mut new, Some(on_exit)) } != 0 {
-            return None;
-        }
-        match KEY.compare_exchange(0, new as usize + 1, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => Some(new),
-            Err(winner) => {
-                // SAFETY: our key was never used.
-                unsafe { libc::pthread_key_delete(new) };
-                Some((winner - 1) as libc::pthread_key_t)
+    #[inline(always)]
+    unsafe fn free(
+        &self,
+        pool: *mut PoolHeader,
+        block: *mut u8,
+        cache: *mut Cache,
+        arenas: &Arenas,
+    ) {
+        let cx = self.ctx(arenas);
+        let c = if cache.is_null() {
+            self.bound_cache()
+        } else {
+            cache
+        };
+        // SAFETY: the trait's contract; a non-null cache is the caller's own.
+        unsafe {
+            if !c.is_null() && (*c).owns(pool) {
+                (*c).free_local(pool, block, &cx);
+            } else {
+                self.free_remote(pool, block, c, &cx);
             }
         }
     }
 
-    unsafe extern "C" fn on_exit(value: *mut libc::c_void) {
-        let tid = value as usize - 1;
-        MEMO.with(|m| {
-            m.set(Memo {
-                heap: DEAD,
-                cache: ptr::null_mut(),
-            })
-        });
-        crate::global::thread_exit(|heap, cx| {
-            heap.abandon_tid(tid, cx);
-            // Pools this and earlier exited threads left ownerless may be empty by now: the
-            // periodic pass returns them (not every exit: a pass swaps the abandoned stacks
-            // out for a moment, and adopters then would claim fresh pools).
-            if cx.central.maintenance_due() {
-                crate::thread_cache::maintenance(cx, false);
-            }
-        });
-        TID.with(|t| t.set(0));
-        release_tid(tid);
+    /// Publishes the calling thread's own batched remote frees first, so a block a thread
+    /// freed is never reported in use to that thread.
+    fn fill_stats(&self, stats: &mut Stats, arenas: &Arenas) {
+        let c = self.bound_cache();
+        if !c.is_null() {
+            // SAFETY: a bound cache is used by the calling thread only.
+            unsafe { (*c).flush_batches(&self.ctx(arenas)) };
+        }
+        self.walk_stats(stats, &arenas.geo);
     }
 
-    /// The calling thread's index; registers the exit destructor on first use. None when no
-    /// index or key is left.
-    pub(super) fn current_tid() -> Option<usize> {
-        let t = TID.with(|t| t.get());
-        if t != 0 {
-            return Some(t - 1);
+    fn trim(&self, arenas: &Arenas) -> usize {
+        self.trim_all(&self.ctx(arenas))
+    }
+
+    fn new_local(&self) -> Option<*mut Cache> {
+        let c = self.acquire_cache(true);
+        (!c.is_null()).then_some(c)
+    }
+
+    unsafe fn flush_local(&self, cache: *mut Cache, arenas: &Arenas) {
+        // SAFETY: the slot is the caller's (the trait's contract).
+        unsafe { (*cache).flush_batches(&self.ctx(arenas)) };
+    }
+
+    unsafe fn trim_local(&self, cache: *mut Cache, arenas: &Arenas) -> usize {
+        let cx = self.ctx(arenas);
+        // SAFETY: the slot is the caller's (the trait's contract).
+        let n = unsafe { (*cache).trim(&cx) };
+        n + thread_cache::maintenance(&cx, true)
+    }
+
+    unsafe fn local_pools(&self, cache: *mut Cache) -> usize {
+        // SAFETY: the slot is the caller's (the trait's contract).
+        unsafe { (*cache).pool_count() }
+    }
+
+    unsafe fn drop_local(&self, cache: *mut Cache, arenas: &Arenas) {
+        // SAFETY: the slot is the caller's and dies with its handle.
+        unsafe { self.release_cache(cache, &self.ctx(arenas)) };
+    }
+
+    fn set_process_heap(&mut self) {
+        self.process_heap = true;
+    }
+
+    /// Nothing to hold: no lock.
+    fn fork_prepare(&self, _arenas: &Arenas) {}
+
+    fn fork_parent(&self, _arenas: &Arenas) {}
+
+    fn fork_child(&self, arenas: &Arenas) {
+        self.after_fork(&self.ctx(arenas));
+    }
+
+    fn thread_exit(&self, tid: usize, arenas: &Arenas) {
+        let cx = self.ctx(arenas);
+        self.abandon_tid(tid, &cx);
+        // Pools this and earlier exited threads left ownerless may be empty by now: the
+        // periodic pass returns them (not every exit: a pass swaps the abandoned stacks out
+        // for a moment, and adopters then would claim fresh pools).
+        if cx.central.maintenance_due() {
+            thread_cache::maintenance(&cx, false);
         }
-        let key = key()?;
-        let tid = acquire_tid()?;
-        TID.with(|t| t.set(tid + 1));
-        // SAFETY: a valid key; the value is a non-null integer, read back only by on_exit.
-        unsafe { libc::pthread_setspecific(key, (tid + 1) as *mut libc::c_void) };
-        Some(tid)
+    }
+
+    fn release_all(&mut self, arenas: &Arenas) {
+        self.unmap_all(&arenas.map);
+    }
+
+    #[cfg(test)]
+    fn check_invariants(&self, arenas: &Arenas) {
+        let mut s = Stats::empty(Mode::FreeThreaded, &arenas.geo);
+        Front::fill_stats(self, &mut s, arenas);
+        assert_eq!(s.total(), s.mapped_bytes());
     }
 }

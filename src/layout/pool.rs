@@ -17,9 +17,11 @@
 //! the remote list (they are handed back to the owner in bulk, see `thread_cache`), so
 //! `blocks in use == ref_count - remote`.
 
-use crate::config::Geometry;
-use crate::size_class::class_size;
-use crate::sync::{AtomicPtr, AtomicUsize};
+use crate::base::list::Links;
+use crate::base::sync::{AtomicPtr, AtomicUsize};
+use crate::layout::geometry::Geometry;
+use crate::layout::size_class::{class_size, is_multiple_of_class};
+use core::fmt;
 use core::ptr;
 use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
@@ -37,7 +39,7 @@ impl Block {
     #[inline(always)]
     pub(crate) unsafe fn next(b: *const Block) -> *mut Block {
         // SAFETY: per the contract.
-        unsafe { crate::sync::read_plain(&raw const (*b).next) }
+        unsafe { crate::base::sync::read_plain(&raw const (*b).next) }
     }
 
     /// Sets the link of a free block.
@@ -47,7 +49,7 @@ impl Block {
     #[inline(always)]
     pub(crate) unsafe fn set_next(b: *mut Block, next: *mut Block) {
         // SAFETY: per the contract.
-        unsafe { crate::sync::write_plain(&raw mut (*b).next, next) }
+        unsafe { crate::base::sync::write_plain(&raw mut (*b).next, next) }
     }
 }
 
@@ -61,7 +63,7 @@ pub(crate) const NO_CLASS: u32 = u32::MAX;
 /// fields); they are atomics only so that [`Allocator::stats`](crate::Allocator::stats) and the
 /// free check may read them while threads run without a data race. They are `core` atomics,
 /// outside the loom facade; the owner's accesses (and those of `freeblock`, `nextpool`,
-/// `prevpool` and free-block links) go through `crate::sync`'s plain-memory tracking, so loom
+/// `prevpool` and free-block links) go through `crate::base::sync`'s plain-memory tracking, so loom
 /// checks that the protocols hand them over. Every access goes through the accessors below,
 /// which never make a reference to the whole header.
 #[repr(C)]
@@ -155,8 +157,8 @@ impl PoolHeader {
                 Self::add_ref(pool, 1);
                 // Handing a block out is a write of it (its user writes it next): under loom,
                 // it must happen after every earlier access, the previous user's and the
-                // freers' link writes (see `crate::sync`).
-                crate::sync::track_plain(b, true);
+                // freers' link writes (see `crate::base::sync`).
+                crate::base::sync::track_plain(b, true);
                 return b.cast();
             }
             let size = class_size(Self::class(pool) as usize) as u32;
@@ -165,7 +167,7 @@ impl PoolHeader {
                 Self::set_next_offset(pool, next + size);
                 Self::add_ref(pool, 1);
                 let b = (pool as usize + next as usize) as *mut u8;
-                crate::sync::track_plain(b, true);
+                crate::base::sync::track_plain(b, true);
                 return b;
             }
         }
@@ -192,7 +194,7 @@ impl PoolHeader {
     // to the whole header: other threads use the shared line (and statistics read the
     // counters) while the owner writes its line, so a `&PoolHeader` or `&mut PoolHeader`
     // spanning both would be an aliasing violation. The owner's accessors go through
-    // `crate::sync`'s plain-memory tracking, so loom checks that ownership hand-overs publish
+    // `crate::base::sync`'s plain-memory tracking, so loom checks that ownership hand-overs publish
     // them.
 
     /// `ref_count += n` by the owner (a load and a store, no read-modify-write).
@@ -223,7 +225,7 @@ impl PoolHeader {
     pub(crate) unsafe fn refs(pool: *const PoolHeader) -> u32 {
         // SAFETY: per the contract; a field projection, no reference to the header.
         unsafe {
-            crate::sync::track_plain(&raw const (*pool).ref_count, false);
+            crate::base::sync::track_plain(&raw const (*pool).ref_count, false);
             (*pool).ref_count.load(Relaxed)
         }
     }
@@ -232,7 +234,7 @@ impl PoolHeader {
     unsafe fn set_refs(pool: *mut PoolHeader, n: u32) {
         // SAFETY: the caller owns the pool.
         unsafe {
-            crate::sync::track_plain(&raw const (*pool).ref_count, true);
+            crate::base::sync::track_plain(&raw const (*pool).ref_count, true);
             (*pool).ref_count.store(n, Relaxed)
         }
     }
@@ -267,7 +269,7 @@ impl PoolHeader {
     pub(crate) unsafe fn next_offset(pool: *const PoolHeader) -> u32 {
         // SAFETY: per the contract.
         unsafe {
-            crate::sync::track_plain(&raw const (*pool).nextoffset, false);
+            crate::base::sync::track_plain(&raw const (*pool).nextoffset, false);
             (*pool).nextoffset.load(Relaxed)
         }
     }
@@ -280,7 +282,7 @@ impl PoolHeader {
     pub(crate) unsafe fn set_next_offset(pool: *mut PoolHeader, n: u32) {
         // SAFETY: per the contract.
         unsafe {
-            crate::sync::track_plain(&raw const (*pool).nextoffset, true);
+            crate::base::sync::track_plain(&raw const (*pool).nextoffset, true);
             (*pool).nextoffset.store(n, Relaxed)
         }
     }
@@ -302,7 +304,7 @@ impl PoolHeader {
     #[inline(always)]
     pub(crate) unsafe fn free(pool: *const PoolHeader) -> *mut Block {
         // SAFETY: per the contract.
-        unsafe { crate::sync::read_plain(&raw const (*pool).freeblock) }
+        unsafe { crate::base::sync::read_plain(&raw const (*pool).freeblock) }
     }
 
     /// Sets the head of the local free list.
@@ -312,7 +314,7 @@ impl PoolHeader {
     #[inline(always)]
     pub(crate) unsafe fn set_free(pool: *mut PoolHeader, b: *mut Block) {
         // SAFETY: per the contract.
-        unsafe { crate::sync::write_plain(&raw mut (*pool).freeblock, b) }
+        unsafe { crate::base::sync::write_plain(&raw mut (*pool).freeblock, b) }
     }
 
     /// The next pool on the owner's list.
@@ -322,7 +324,7 @@ impl PoolHeader {
     #[inline(always)]
     pub(crate) unsafe fn next_pool(pool: *const PoolHeader) -> *mut PoolHeader {
         // SAFETY: per the contract.
-        unsafe { crate::sync::read_plain(&raw const (*pool).nextpool) }
+        unsafe { crate::base::sync::read_plain(&raw const (*pool).nextpool) }
     }
 
     /// The previous pool on the owner's list.
@@ -332,7 +334,7 @@ impl PoolHeader {
     #[inline(always)]
     pub(crate) unsafe fn prev_pool(pool: *const PoolHeader) -> *mut PoolHeader {
         // SAFETY: per the contract.
-        unsafe { crate::sync::read_plain(&raw const (*pool).prevpool) }
+        unsafe { crate::base::sync::read_plain(&raw const (*pool).prevpool) }
     }
 
     /// Sets the list links.
@@ -342,7 +344,7 @@ impl PoolHeader {
     #[inline(always)]
     pub(crate) unsafe fn set_next_pool(pool: *mut PoolHeader, p: *mut PoolHeader) {
         // SAFETY: per the contract.
-        unsafe { crate::sync::write_plain(&raw mut (*pool).nextpool, p) }
+        unsafe { crate::base::sync::write_plain(&raw mut (*pool).nextpool, p) }
     }
 
     /// Sets the list links.
@@ -352,7 +354,7 @@ impl PoolHeader {
     #[inline(always)]
     pub(crate) unsafe fn set_prev_pool(pool: *mut PoolHeader, p: *mut PoolHeader) {
         // SAFETY: per the contract.
-        unsafe { crate::sync::write_plain(&raw mut (*pool).prevpool, p) }
+        unsafe { crate::base::sync::write_plain(&raw mut (*pool).prevpool, p) }
     }
 
     /// True when neither the free list nor the carve mark can give a block.
@@ -369,26 +371,139 @@ impl PoolHeader {
         }
     }
 
-    /// True when `addr` is the start of a block already carved from `pool` (the allocator's
-    /// always-on check, `Allocator::checked_block`, does this without dividing).
-    #[cfg(test)]
+    /// The always-on block check: `block` is the start of a block already carved from `pool`,
+    /// a pool in use. Reads only the header's atomic fields, each through its own projection,
+    /// so it may run while other threads use the pool, on any address inside a mapped arena.
+    /// `Ok((class, refs))` (the pool's size class and block reference count; a `refs` of 0
+    /// means no block of the pool is live), or `Err((class, what))` naming the failed check.
+    ///
+    /// The block-start test is one subtraction, one compare against the carve mark and a
+    /// multiple-of-class test without division ([`is_multiple_of_class`]).
     ///
     /// # Safety
-    /// `pool` must be a prepared pool header the caller may read.
-    pub(crate) unsafe fn is_block_start(
+    /// `pool` is a pool header inside a mapped arena (its memory is readable).
+    #[inline(always)]
+    pub(crate) unsafe fn check_block(
         pool: *const PoolHeader,
-        addr: usize,
+        block: usize,
         geo: &Geometry,
-    ) -> bool {
-        // SAFETY: the caller may read the header.
-        let (class, next) = unsafe { (Self::class(pool), Self::next_offset_racy(pool)) };
-        if class == NO_CLASS {
-            return false;
+    ) -> Result<(u32, u32), (u32, &'static str)> {
+        // SAFETY: the header is readable (the contract); atomic fields only.
+        let (refs, class, next) = unsafe {
+            (
+                Self::refs_racy(pool),
+                Self::class(pool),
+                Self::next_offset_racy(pool),
+            )
+        };
+        // A header never written reads as zeros (fresh mapping): no carve mark.
+        if class == NO_CLASS || (next as usize) < geo.pool_overhead {
+            return Err((class, "the pool it points into is not in use"));
         }
-        let off = addr - pool as usize;
-        off >= geo.pool_overhead
-            && off < next as usize
-            && (off - geo.pool_overhead) % class_size(class as usize) == 0
+        let off = block.wrapping_sub(pool as usize + geo.pool_overhead);
+        if off >= next as usize - geo.pool_overhead || !is_multiple_of_class(off, class as usize) {
+            return Err((class, "not the start of a block"));
+        }
+        Ok((class, refs))
+    }
+}
+
+/// Pools are linked through `nextpool` / `prevpool` (GIL mode's `usedpools`, a thread cache's
+/// partial lists), read and written through the header's accessors.
+impl Links for PoolHeader {
+    #[inline(always)]
+    unsafe fn next(pool: *const PoolHeader) -> *mut PoolHeader {
+        // SAFETY: forwarded contract.
+        unsafe { PoolHeader::next_pool(pool) }
+    }
+    #[inline(always)]
+    unsafe fn prev(pool: *const PoolHeader) -> *mut PoolHeader {
+        // SAFETY: forwarded contract.
+        unsafe { PoolHeader::prev_pool(pool) }
+    }
+    #[inline(always)]
+    unsafe fn set_next(pool: *mut PoolHeader, next: *mut PoolHeader) {
+        // SAFETY: forwarded contract.
+        unsafe { PoolHeader::set_next_pool(pool, next) }
+    }
+    #[inline(always)]
+    unsafe fn set_prev(pool: *mut PoolHeader, prev: *mut PoolHeader) {
+        // SAFETY: forwarded contract.
+        unsafe { PoolHeader::set_prev_pool(pool, prev) }
+    }
+}
+
+/// What a pointer was handed to, for the messages that name a bad pointer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    Free,
+    Realloc,
+    UsableSize,
+}
+
+impl Op {
+    /// The operation's name in messages (`free`, `realloc`, `usable_size`).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Op::Free => "free",
+            Op::Realloc => "realloc",
+            Op::UsableSize => "usable_size",
+        }
+    }
+}
+
+/// Aborts on an invalid pointer handed to `op`, naming the pointer, its pool and size class
+/// (allocates nothing): `ftmalloc: invalid free of 0x…: what (pool 0x…, size class N = S bytes)`.
+#[cold]
+#[inline(never)]
+pub(crate) fn invalid_pointer(
+    op: Op,
+    ptr: usize,
+    pool: usize,
+    class: u32,
+    what: &'static str,
+) -> ! {
+    struct Msg(Op, usize, usize, u32, &'static str);
+    impl fmt::Display for Msg {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(
+                f,
+                "ftmalloc: invalid {} of {:#x}: {} (pool {:#x}, ",
+                self.0.name(),
+                self.1,
+                self.4,
+                self.2
+            )?;
+            if self.3 == NO_CLASS {
+                writeln!(f, "no size class)")
+            } else {
+                writeln!(
+                    f,
+                    "size class {} = {} bytes)",
+                    self.3,
+                    class_size(self.3 as usize)
+                )
+            }
+        }
+    }
+    crate::base::diag::die_fmt(Msg(op, ptr, pool, class, what))
+}
+
+/// [`invalid_pointer`] for `free`: the call on the free path keeps four arguments, so the
+/// inlined checks cost no extra register.
+#[cold]
+#[inline(never)]
+pub(crate) fn invalid_free(ptr: usize, pool: usize, class: u32, what: &'static str) -> ! {
+    invalid_pointer(Op::Free, ptr, pool, class, what)
+}
+
+/// Aborts on an invalid pointer handed to `op` (see [`invalid_pointer`]); `op` is a constant
+/// where this is inlined, so the match folds away.
+#[inline(always)]
+pub(crate) fn reject(op: Op, ptr: usize, pool: usize, class: u32, what: &'static str) -> ! {
+    match op {
+        Op::Free => invalid_free(ptr, pool, class, what),
+        _ => invalid_pointer(op, ptr, pool, class, what),
     }
 }
 
@@ -397,12 +512,12 @@ const _: () = assert!(core::mem::size_of::<PoolHeader>() % 16 == 0);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::layout::geometry::Config;
 
     #[test]
     fn carving_is_lazy_lifo_and_keeps_the_free_list_on_reuse() {
         let geo = Config::PYMALLOC.geometry().unwrap();
-        let mem = crate::os::map_aligned(geo.pool_size, geo.pool_size);
+        let mem = crate::base::os::map_aligned(geo.pool_size, geo.pool_size);
         let pool = mem.cast::<PoolHeader>();
         // SAFETY: `mem` is a fresh pool-aligned mapping we own exclusively.
         unsafe {
@@ -415,18 +530,18 @@ mod tests {
                 if b.is_null() {
                     break;
                 }
-                assert!(PoolHeader::is_block_start(pool, b as usize, &geo));
+                assert!(PoolHeader::check_block(pool, b as usize, &geo).is_ok());
                 blocks.push(b);
             }
             assert_eq!(blocks.len(), cap);
             assert!(PoolHeader::is_full(pool, &geo));
             assert_eq!(blocks[0] as usize, mem as usize + geo.pool_overhead);
             assert_eq!(blocks[1] as usize - blocks[0] as usize, 64);
-            assert!(!PoolHeader::is_block_start(
-                pool,
-                blocks[0] as usize + 8,
-                &geo
-            ));
+            assert_eq!(
+                PoolHeader::check_block(pool, blocks[0] as usize + 8, &geo),
+                Err((PoolHeader::class(pool), "not the start of a block"))
+            );
+            assert!(PoolHeader::check_block(pool, mem as usize, &geo).is_err());
             let last = blocks.pop().unwrap();
             let prev = blocks.pop().unwrap();
             PoolHeader::push(pool, prev);
@@ -449,7 +564,7 @@ mod tests {
             PoolHeader::push(pool, head);
             PoolHeader::prepare(pool, 0, &geo);
             assert_eq!((*pool).nextoffset.load(Relaxed) as usize, geo.pool_overhead);
-            crate::os::unmap(mem, geo.pool_size);
+            crate::base::os::unmap(mem, geo.pool_size);
         }
     }
 }

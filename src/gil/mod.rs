@@ -44,7 +44,7 @@
 //!    every sleeper *before* it takes the lock (it waits for the current holder, whose
 //!    critical section never waits for anything, or for another forker's fork to finish).
 //! 2. A thread that finds the lock taken and `FORKING` set does not wait: an allocation is
-//!    served by the allocator underneath ([`large`](crate::large), exactly as a request above
+//!    served by the allocator underneath ([`large`](crate::layout::large), exactly as a request above
 //!    the small limit, and freed the same way: the arena map does not know it), and a free
 //!    pushes the block on the `deferred` stack (a Treiber stack through the block's first word,
 //!    one compare-exchange, take-all removal only) and then sets `DEFERRED`. A sleeper woken by
@@ -69,12 +69,16 @@
 //! The lock and the fork protocol are outside the loom facade (loom has no futex); they are
 //! tested by `tests/c/fork_orders.c` under the drop-in and `tests/global_fork.rs`.
 
-use crate::arena_map::ArenaMap;
-use crate::config::Geometry;
-use crate::os;
-use crate::pool::PoolHeader;
-use crate::size_class::NUM_CLASSES;
-use crate::stats::{ArenaCounters, Stats};
+use crate::base::list::{self, Links};
+use crate::base::os;
+use crate::base::stack;
+use crate::layout::arena_map::ArenaMap;
+use crate::layout::geometry::{Config, Geometry};
+use crate::layout::large;
+use crate::layout::pool::PoolHeader;
+use crate::layout::size_class::{class_size, ALIGNMENT, NUM_CLASSES};
+use crate::layout::stats::{ArenaCounters, Stats};
+use crate::layout::{Arenas, Front, Mode};
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
 use core::ptr;
@@ -83,6 +87,30 @@ use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 /// Upper bound on arena descriptors (64 GiB of small objects with 1 MiB arenas). The table is
 /// an anonymous mapping of this many descriptors; only the touched pages cost memory.
 pub(crate) const MAX_ARENAS: usize = 1 << 16;
+
+/// `usable_arenas` is linked through `nextarena` / `prevarena`.
+impl Links for ArenaObject {
+    #[inline(always)]
+    unsafe fn next(ao: *const ArenaObject) -> *mut ArenaObject {
+        // SAFETY: forwarded contract.
+        unsafe { (*ao).nextarena }
+    }
+    #[inline(always)]
+    unsafe fn prev(ao: *const ArenaObject) -> *mut ArenaObject {
+        // SAFETY: forwarded contract.
+        unsafe { (*ao).prevarena }
+    }
+    #[inline(always)]
+    unsafe fn set_next(ao: *mut ArenaObject, next: *mut ArenaObject) {
+        // SAFETY: forwarded contract.
+        unsafe { (*ao).nextarena = next }
+    }
+    #[inline(always)]
+    unsafe fn set_prev(ao: *mut ArenaObject, prev: *mut ArenaObject) {
+        // SAFETY: forwarded contract.
+        unsafe { (*ao).prevarena = prev }
+    }
+}
 
 /// pymalloc's `struct arena_object`.
 #[repr(C)]
@@ -318,20 +346,18 @@ impl GilHeap {
     #[cold]
     #[inline(never)]
     pub(crate) unsafe fn free_deferred(&self, block: *mut u8, map: &ArenaMap) {
-        let mut h = self.deferred.load(Ordering::Relaxed);
-        loop {
-            // SAFETY: the block is ours until the push lands; blocks are at least 16 bytes.
-            unsafe { block.cast::<*mut u8>().write(h) };
-            match self.deferred.compare_exchange_weak(
-                h,
-                block,
-                Ordering::Release,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(now) => h = now,
-            }
-        }
+        stack::push(
+            self.deferred.load(Ordering::Relaxed),
+            |h| {
+                // SAFETY: the block is ours until the push lands; blocks are at least 16 bytes.
+                unsafe { block.cast::<*mut u8>().write(h) };
+                block
+            },
+            |h, new| {
+                self.deferred
+                    .compare_exchange_weak(h, new, Ordering::Release, Ordering::Relaxed)
+            },
+        );
         let s = self.state.fetch_or(DEFERRED, Ordering::Release);
         if s & (LOCKED | FORKING) == 0 {
             // Nobody will release the lock soon: drain ourselves (step 3).
@@ -342,7 +368,7 @@ impl GilHeap {
     /// `pthread_atfork` prepare handler (protocol steps 1 and 5). Several threads may fork at
     /// once (glibc runs their prepare handlers concurrently): each counts itself in `state`, and
     /// they take the lock one after the other.
-    pub(crate) fn fork_prepare(&self, map: &ArenaMap) {
+    pub(crate) fn lock_for_fork(&self, map: &ArenaMap) {
         let (depth, held) = FORK_LEVELS.with(|l| l.get());
         self.state.fetch_add(FORK_ONE, Ordering::SeqCst);
         // SAFETY: a byte glibc exports; it only goes from non-zero to zero, when a second
@@ -361,7 +387,7 @@ impl GilHeap {
     }
 
     /// `pthread_atfork` parent handler (protocol step 4).
-    pub(crate) fn fork_parent(&self, map: &ArenaMap) {
+    pub(crate) fn unlock_in_parent(&self, map: &ArenaMap) {
         let took = self.pop_fork_level();
         self.state.fetch_sub(FORK_ONE, Ordering::SeqCst);
         if took {
@@ -373,7 +399,7 @@ impl GilHeap {
     /// `pthread_atfork` child handler (protocol step 4). The child's only thread is the one
     /// that forked: forks in progress in other threads of the parent, and their sleepers,
     /// are gone.
-    pub(crate) fn fork_child(&self, map: &ArenaMap) {
+    pub(crate) fn unlock_in_child(&self, map: &ArenaMap) {
         let took = self.pop_fork_level();
         let (depth, _) = FORK_LEVELS.with(|l| l.get());
         let s = self.state.load(Ordering::Relaxed);
@@ -470,7 +496,7 @@ impl GilCore {
             }
             let pool = if !(*ua).freepools.is_null() {
                 let pool = (*ua).freepools;
-                (*ua).freepools = (*pool).nextpool;
+                (*ua).freepools = PoolHeader::next_pool(pool);
                 pool
             } else {
                 // Carve a pool never used before.
@@ -553,7 +579,7 @@ impl GilCore {
         // SAFETY: the pool header and its arena descriptor are ours; we hold the lock.
         unsafe {
             let ao = self.arenas.add((*pool).arena_index as usize);
-            (*pool).nextpool = (*ao).freepools;
+            PoolHeader::set_next_pool(pool, (*ao).freepools);
             (*ao).freepools = pool;
             let mut nf = (*ao).nfreepools as usize;
             // If ao is the rightmost arena with nf free pools, nfp2lasta[nf] moves left.
@@ -616,35 +642,18 @@ impl GilCore {
     /// # Safety
     /// `ao` must be on `usable_arenas`.
     unsafe fn unlink_arena(&mut self, ao: *mut ArenaObject) {
-        // SAFETY: ao and its neighbours are live descriptors; we hold the lock.
-        unsafe {
-            let (prev, next) = ((*ao).prevarena, (*ao).nextarena);
-            if prev.is_null() {
-                debug_assert_eq!(self.usable_arenas, ao);
-                self.usable_arenas = next;
-            } else {
-                (*prev).nextarena = next;
-            }
-            if !next.is_null() {
-                (*next).prevarena = prev;
-            }
-        }
+        // SAFETY: ao is on usable_arenas; it and its neighbours are live descriptors; we hold
+        // the lock.
+        unsafe { list::unlink(&mut self.usable_arenas, ao) };
     }
 
     /// # Safety
     /// `pool` must be a pool of this heap on no list.
     #[inline(always)]
     unsafe fn link_used_front(&mut self, pool: *mut PoolHeader, class: usize) {
-        let head = self.usedpools[class];
-        // SAFETY: pool and head are pool headers of this heap; we hold the lock.
-        unsafe {
-            (*pool).nextpool = head;
-            (*pool).prevpool = ptr::null_mut();
-            if !head.is_null() {
-                (*head).prevpool = pool;
-            }
-        }
-        self.usedpools[class] = pool;
+        // SAFETY: pool (on no list) and the list's pools are pool headers of this heap; we
+        // hold the lock.
+        unsafe { list::push_front(&mut self.usedpools[class], pool) };
     }
 
     /// # Safety
@@ -652,17 +661,7 @@ impl GilCore {
     #[inline(always)]
     unsafe fn unlink_used(&mut self, pool: *mut PoolHeader, class: usize) {
         // SAFETY: pool and its neighbours are pool headers on this list; we hold the lock.
-        unsafe {
-            let (prev, next) = ((*pool).prevpool, (*pool).nextpool);
-            if prev.is_null() {
-                self.usedpools[class] = next;
-            } else {
-                (*prev).nextpool = next;
-            }
-            if !next.is_null() {
-                (*next).prevpool = prev;
-            }
-        }
+        unsafe { list::unlink(&mut self.usedpools[class], pool) };
     }
 
     /// Fills `stats` from the arenas (pymalloc's `_PyObject_DebugMallocStats` walk).
@@ -741,7 +740,7 @@ impl GilCore {
                     assert_eq!(PoolHeader::class(p) as usize, c);
                     assert!(PoolHeader::refs(p) > 0);
                     assert!(!PoolHeader::is_full(p, &self.geo));
-                    p = (*p).nextpool;
+                    p = PoolHeader::next_pool(p);
                 }
             }
         }
@@ -798,4 +797,85 @@ fn futex_wake(word: &core::sync::atomic::AtomicU32, n: i32) {
             n,
         )
     };
+}
+
+impl Front for GilHeap {
+    const MODE: Mode = Mode::Gil;
+    /// A GIL-mode handle keeps nothing of its own: it forwards to the locked heap.
+    type Local = ();
+    const NO_LOCAL: () = ();
+
+    fn build(geo: Geometry, _config: &Config) -> Option<GilHeap> {
+        GilHeap::new(geo)
+    }
+
+    #[inline(always)]
+    unsafe fn alloc(&self, class: usize, _local: (), arenas: &Arenas) -> *mut u8 {
+        match self.lock(&arenas.map) {
+            Some(mut g) => g.alloc(class, &arenas.map),
+            // A fork holds the lock (protocol step 2): the allocator underneath serves the
+            // request, and a free finds it foreign.
+            None => large::alloc(class_size(class), ALIGNMENT),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn free(&self, pool: *mut PoolHeader, block: *mut u8, _local: (), arenas: &Arenas) {
+        match self.lock(&arenas.map) {
+            // SAFETY: a live block of `pool` (the trait's contract).
+            Some(mut g) => unsafe { g.free(pool, block, &arenas.map) },
+            // SAFETY: as above (a fork holds the lock: protocol step 2).
+            None => unsafe { self.free_deferred(block, &arenas.map) },
+        }
+    }
+
+    fn fill_stats(&self, stats: &mut Stats, arenas: &Arenas) {
+        self.lock_wait(&arenas.map).fill_stats(stats);
+    }
+
+    /// pymalloc returns pools and arenas eagerly: nothing is left to trim.
+    fn trim(&self, _arenas: &Arenas) -> usize {
+        0
+    }
+
+    fn new_local(&self) -> Option<()> {
+        Some(())
+    }
+
+    unsafe fn flush_local(&self, _local: (), _arenas: &Arenas) {}
+
+    unsafe fn trim_local(&self, _local: (), _arenas: &Arenas) -> usize {
+        0
+    }
+
+    unsafe fn local_pools(&self, _local: ()) -> usize {
+        0
+    }
+
+    unsafe fn drop_local(&self, _local: (), _arenas: &Arenas) {}
+
+    fn set_process_heap(&mut self) {}
+
+    fn fork_prepare(&self, arenas: &Arenas) {
+        self.lock_for_fork(&arenas.map);
+    }
+
+    fn fork_parent(&self, arenas: &Arenas) {
+        self.unlock_in_parent(&arenas.map);
+    }
+
+    fn fork_child(&self, arenas: &Arenas) {
+        self.unlock_in_child(&arenas.map);
+    }
+
+    fn thread_exit(&self, _tid: usize, _arenas: &Arenas) {}
+
+    fn release_all(&mut self, arenas: &Arenas) {
+        self.lock_wait(&arenas.map).release_all(&arenas.map);
+    }
+
+    #[cfg(test)]
+    fn check_invariants(&self, arenas: &Arenas) {
+        self.lock_wait(&arenas.map).check_invariants();
+    }
 }

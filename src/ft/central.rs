@@ -81,13 +81,13 @@
 //! retries after `Backoff::spin` (bounded exponential spinning; no yield, no sleep, so every
 //! path stays lock-free).
 
-use crate::arena_map::ArenaMap;
-use crate::config::Geometry;
-use crate::os;
-use crate::pool::PoolHeader;
-use crate::size_class::NUM_CLASSES;
-use crate::stats::ArenaCounters;
-use crate::sync::{fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use crate::base::sync::{fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use crate::base::{os, stack};
+use crate::layout::arena_map::ArenaMap;
+use crate::layout::geometry::Geometry;
+use crate::layout::pool::PoolHeader;
+use crate::layout::size_class::NUM_CLASSES;
+use crate::layout::stats::ArenaCounters;
 use core::ptr;
 use crossbeam_utils::{Backoff, CachePadded};
 
@@ -163,7 +163,7 @@ unsafe impl Sync for Central {}
 
 fn table_bytes() -> usize {
     (MAX_ARENAS * core::mem::size_of::<CachePadded<ArenaDesc>>())
-        .next_multiple_of(crate::config::page_size())
+        .next_multiple_of(crate::base::os::page_size())
 }
 
 impl Central {
@@ -243,7 +243,7 @@ impl Central {
         // Stable while we hold a clear bit (protocol step 1).
         let base = d.base.load(Ordering::Relaxed);
         debug_assert!(base > DYING);
-        crate::sync::track_mapping(base, false);
+        crate::base::sync::track_mapping(base, false);
         let pool = (base + bit as usize * self.geo.pool_size) as *mut PoolHeader;
         if d.inited.load(Ordering::Relaxed) & (1u64 << bit) == 0 {
             // SAFETY: we own the pool; its memory is mapped and was never given a header.
@@ -338,7 +338,7 @@ impl Central {
             let from = base + start as usize * self.geo.pool_size;
             let to = from + run as usize * self.geo.pool_size;
             // Whole pages only: pools smaller than a page (tests, models) share theirs.
-            let page = crate::config::page_size();
+            let page = crate::base::os::page_size();
             let (from, to) = (from.next_multiple_of(page), to & !(page - 1));
             if from < to {
                 // SAFETY: the pages lie inside the run's pools, which the caller holds, inside
@@ -480,18 +480,14 @@ impl Central {
         let head = &self.abandoned[class];
         // SAFETY: the caller holds the pool, so its link is ours to write until the push lands.
         let link = unsafe { &(*pool).shared.next_abandoned };
-        let mut h = head.load(Ordering::Relaxed);
-        let backoff = Backoff::new();
-        loop {
-            link.store(h, Ordering::Relaxed);
-            match head.compare_exchange_weak(h, pool, Ordering::Release, Ordering::Relaxed) {
-                Ok(_) => return,
-                Err(now) => {
-                    h = now;
-                    backoff.spin();
-                }
-            }
-        }
+        stack::push(
+            head.load(Ordering::Relaxed),
+            |h| {
+                link.store(h, Ordering::Relaxed);
+                pool
+            },
+            |h, new| head.compare_exchange_weak(h, new, Ordering::Release, Ordering::Relaxed),
+        );
     }
 
     /// Takes every abandoned pool of `class` (a chain through `next_abandoned`), or null.
@@ -533,7 +529,7 @@ impl Central {
             fence(Ordering::SeqCst);
             let base = d.base.load(Ordering::Acquire);
             if base > DYING {
-                crate::sync::track_mapping(base, false);
+                crate::base::sync::track_mapping(base, false);
                 let free = d.free.load(Ordering::Acquire);
                 let inited = d.inited.load(Ordering::Acquire);
                 let dirty = d.dirty.load(core::sync::atomic::Ordering::Relaxed)
@@ -614,7 +610,7 @@ impl Central {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::layout::geometry::Config;
 
     fn setup() -> (Central, ArenaMap, Geometry) {
         let geo = Config::PYMALLOC.geometry().unwrap();

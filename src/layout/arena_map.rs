@@ -17,12 +17,12 @@
 //! - leaves are installed once with a compare-exchange and never freed before the map is
 //!   dropped, so a reader holding a leaf pointer never reads freed memory.
 //!
-//! The map uses `core::sync::atomic` directly, not the `crate::sync` facade: its protocol is
+//! The map uses `core::sync::atomic` directly, not the `crate::base::sync` facade: its protocol is
 //! publish-once per arena and its entries live in zero-filled mappings, which are valid
 //! `core` atomics but not valid loom objects. Loom models order their arenas through the
 //! arena descriptors, which do go through the facade.
 
-use crate::os;
+use crate::base::os;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 /// Address bits considered; addresses at or above `2^ADDRESS_BITS` are never ours.
@@ -137,7 +137,7 @@ impl ArenaMap {
 }
 
 fn round_to_page(n: usize) -> usize {
-    n.next_multiple_of(crate::config::page_size())
+    n.next_multiple_of(crate::base::os::page_size())
 }
 
 impl Drop for ArenaMap {

@@ -78,15 +78,15 @@
 //!    holds a free block is thus reachable by a path that allocates from it or returns it: its
 //!    owner's allocation or sweep, a detached pool's receiver, an adopter, or `trim`.
 
-use crate::arena_map::ArenaMap;
-use crate::central::Central;
-use crate::config::Geometry;
-use crate::pool::{Block, PoolHeader};
-use crate::size_class::NUM_CLASSES;
-use crate::sync::{AtomicUsize, Ordering};
+use super::central::Central;
+use crate::base::sync::{AtomicUsize, Ordering};
+use crate::base::{list, stack};
+use crate::layout::arena_map::ArenaMap;
+use crate::layout::geometry::Geometry;
+use crate::layout::pool::{Block, PoolHeader};
+use crate::layout::size_class::NUM_CLASSES;
 use core::ptr;
 use core::sync::atomic::{AtomicUsize as StatAtomic, Ordering::Relaxed};
-use crossbeam_utils::Backoff;
 
 /// Flag in the remote word: the pool was detached full; the next remote free must publish it.
 pub(crate) const DETACHED: usize = 1;
@@ -192,8 +192,8 @@ impl CacheSlot {
         // provenance and makes no reference.
         unsafe {
             let c = core::cell::UnsafeCell::raw_get(&raw const (*slot).cache);
-            // The cache is plain memory handed over through `in_use` (see `crate::sync`).
-            crate::sync::track_plain(c, true);
+            // The cache is plain memory handed over through `in_use` (see `crate::base::sync`).
+            crate::base::sync::track_plain(c, true);
             (*c).held_out = &raw const (*slot).held;
             (*c).set_batching(batching);
             c
@@ -669,16 +669,8 @@ impl Cache {
     }
 
     fn push_partial(&mut self, pool: *mut PoolHeader, class: usize) {
-        let head = self.classes[class].partial;
-        // SAFETY: pool and head are owned by this cache.
-        unsafe {
-            PoolHeader::set_next_pool(pool, head);
-            PoolHeader::set_prev_pool(pool, ptr::null_mut());
-            if !head.is_null() {
-                PoolHeader::set_prev_pool(head, pool);
-            }
-        }
-        self.classes[class].partial = pool;
+        // SAFETY: pool (on no list) and the list's pools are owned by this cache.
+        unsafe { list::push_front(&mut self.classes[class].partial, pool) };
         self.partials += 1;
     }
 
@@ -694,22 +686,11 @@ impl Cache {
     /// # Safety
     /// `pool` must be on this cache's partial list of `class`.
     unsafe fn unlink_partial(&mut self, pool: *mut PoolHeader, class: usize) {
-        // SAFETY: pool and its neighbours are owned by this cache.
-        unsafe {
-            let (prev, next) = (PoolHeader::prev_pool(pool), PoolHeader::next_pool(pool));
-            if prev.is_null() {
-                debug_assert_eq!(self.classes[class].partial, pool);
-                self.classes[class].partial = next;
-            } else {
-                PoolHeader::set_next_pool(prev, next);
-            }
-            if !next.is_null() {
-                PoolHeader::set_prev_pool(next, prev);
-            }
-            if self.sweep_at == pool {
-                // Keep the cursor on the list (null restarts it at the head).
-                self.sweep_at = next;
-            }
+        // SAFETY: pool is on the list (the contract); it and its neighbours are ours.
+        let next = unsafe { list::unlink(&mut self.classes[class].partial, pool) };
+        if self.sweep_at == pool {
+            // Keep the cursor on the list (null restarts it at the head).
+            self.sweep_at = next;
         }
         self.partials -= 1;
     }
@@ -726,28 +707,23 @@ impl Cache {
 unsafe fn publish(pool: *mut PoolHeader, head: *mut Block, tail: *mut Block, n: u32) -> usize {
     // SAFETY: the pool is claimed while it has a live block, so its shared line is valid.
     let remote = unsafe { &(*pool).shared.remote };
-    let mut h = remote.load(Ordering::Relaxed);
-    // Many threads freeing into one pool (producer/consumer) contend here: back off between
-    // failed attempts (exponential spinning, never a yield or a sleep).
-    let backoff = Backoff::new();
-    loop {
-        // A detached word's pointer bits name the detaching cache; its list is empty.
-        let link = if h & DETACHED != 0 { 0 } else { h & PTR_MASK };
-        // SAFETY: we own the chain until the compare-exchange publishes it.
-        unsafe { Block::set_next(tail, link as *mut Block) };
-        let new = head as usize | ((remote_count(h) as usize + n as usize) << COUNT_SHIFT);
+    // Many threads freeing into one pool (producer/consumer) contend here: `stack::push`
+    // backs off between failed attempts (exponential spinning, never a yield or a sleep).
+    let h = stack::push(
+        remote.load(Ordering::Relaxed),
+        |h| {
+            // A detached word's pointer bits name the detaching cache; its list is empty.
+            let link = if h & DETACHED != 0 { 0 } else { h & PTR_MASK };
+            // SAFETY: we own the chain until the compare-exchange publishes it.
+            unsafe { Block::set_next(tail, link as *mut Block) };
+            head as usize | ((remote_count(h) as usize + n as usize) << COUNT_SHIFT)
+        },
         // Release publishes the chain's links; acquire makes the detaching owner's header
         // writes visible if this exchange clears DETACHED (and costs nothing more on x86,
         // where the exchange is a full barrier; an acquire fence after a release exchange
         // would be equivalent, but ThreadSanitizer does not model fences).
-        match remote.compare_exchange_weak(h, new, Ordering::AcqRel, Ordering::Relaxed) {
-            Ok(_) => break,
-            Err(now) => {
-                h = now;
-                backoff.spin();
-            }
-        }
-    }
+        |h, new| remote.compare_exchange_weak(h, new, Ordering::AcqRel, Ordering::Relaxed),
+    );
     if h & DETACHED != 0 {
         // We cleared DETACHED: the pool is handed over to us.
         h & PTR_MASK

@@ -12,7 +12,7 @@ use core::ptr;
 /// result is lost to alignment.
 #[cfg(not(miri))]
 pub(crate) fn map_aligned(size: usize, align: usize) -> *mut u8 {
-    debug_assert!(align.is_power_of_two() && size % crate::config::page_size() == 0);
+    debug_assert!(align.is_power_of_two() && size % crate::base::os::page_size() == 0);
     let Some(total) = size.checked_add(align) else {
         return ptr::null_mut();
     };
@@ -34,8 +34,8 @@ pub(crate) fn map_aligned(size: usize, align: usize) -> *mut u8 {
             libc::munmap((aligned + size) as *mut libc::c_void, tail);
         }
     }
-    // The mapping is written by its creator (loom: readers must come after; see `crate::sync`).
-    crate::sync::track_mapping(aligned, true);
+    // The mapping is written by its creator (loom: readers must come after; see `crate::base::sync`).
+    crate::base::sync::track_mapping(aligned, true);
     aligned as *mut u8
 }
 
@@ -56,7 +56,7 @@ pub(crate) fn map(size: usize) -> *mut u8 {
     if p == libc::MAP_FAILED {
         ptr::null_mut()
     } else {
-        crate::sync::track_mapping(p as usize, true);
+        crate::base::sync::track_mapping(p as usize, true);
         p.cast()
     }
 }
@@ -69,9 +69,9 @@ pub(crate) fn map(size: usize) -> *mut u8 {
 pub(crate) unsafe fn unmap(ptr: *mut u8, size: usize) {
     // Stale poison must not outlive the mapping (see `asan`), nor loom's access history; the
     // unmapping itself is a write of the mapping (loom checks its readers came first).
-    crate::asan::unpoison(ptr, size);
-    crate::sync::track_mapping(ptr as usize, true);
-    crate::sync::forget_plain(ptr as usize, size);
+    crate::base::asan::unpoison(ptr, size);
+    crate::base::sync::track_mapping(ptr as usize, true);
+    crate::base::sync::forget_plain(ptr as usize, size);
     // SAFETY: the caller guarantees the range is ours and dead.
     let rc = unsafe { libc::munmap(ptr.cast(), size) };
     debug_assert_eq!(rc, 0, "munmap failed");
@@ -91,7 +91,7 @@ pub(crate) unsafe fn unmap(ptr: *mut u8, size: usize) {
 /// hold nothing anyone will read as data again.
 #[cfg(not(miri))]
 pub(crate) unsafe fn purge(ptr: *mut u8, size: usize) {
-    debug_assert!(ptr as usize % crate::config::page_size() == 0);
+    debug_assert!(ptr as usize % crate::base::os::page_size() == 0);
     // SAFETY: the caller guarantees the range is ours and dead; DONTNEED keeps it mapped.
     let rc = unsafe { libc::madvise(ptr.cast(), size, libc::MADV_DONTNEED) };
     debug_assert_eq!(rc, 0, "madvise failed");
@@ -121,7 +121,7 @@ mod miri_os {
     use std::alloc::{alloc_zeroed, dealloc, Layout};
 
     fn layout(size: usize) -> Layout {
-        let page = crate::config::page_size();
+        let page = crate::base::os::page_size();
         let align = if size.is_power_of_two() && size >= page {
             size
         } else {
@@ -148,7 +148,7 @@ mod miri_os {
     /// # Safety
     /// As the real `unmap`.
     pub(crate) unsafe fn unmap(ptr: *mut u8, size: usize) {
-        crate::sync::forget_plain(ptr as usize, size);
+        crate::base::sync::forget_plain(ptr as usize, size);
         // SAFETY: allocated by map or map_aligned with this size, so with this layout.
         unsafe { dealloc(ptr, layout(size)) };
     }
@@ -166,6 +166,17 @@ mod miri_os {
             .get_or_init(std::time::Instant::now)
             .elapsed()
             .as_millis() as u64
+    }
+}
+
+/// The OS page size (4096 where `sysconf` does not say).
+pub(crate) fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions; it only reads a system constant.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p <= 0 {
+        4096
+    } else {
+        p as usize
     }
 }
 

@@ -29,8 +29,8 @@
 //! unchanged (glibc's own checks apply there); zeroed ones through its `calloc`, so a large
 //! zeroed request gets fresh pages that nothing touches.
 
-use crate::global::die_fmt;
-use crate::Op;
+use crate::base::diag::die_fmt;
+use crate::layout::pool::Op;
 use core::fmt;
 use core::ptr;
 

@@ -10,9 +10,9 @@
 //!     == arenas_current * arena_size
 //! ```
 
-use crate::config::Geometry;
-use crate::size_class::{class_size, NUM_CLASSES};
-use crate::Mode;
+use crate::layout::geometry::Geometry;
+use crate::layout::size_class::{class_size, NUM_CLASSES};
+use crate::layout::Mode;
 use core::fmt;
 
 /// Arena counters kept by both modes.

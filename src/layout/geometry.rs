@@ -13,8 +13,9 @@
 //!   so a fresh pool never fills on its first block;
 //! - `pool_overhead` is a multiple of [`ALIGNMENT`], so every block is 16-byte aligned.
 
-use crate::pool::PoolHeader;
-use crate::size_class::{ALIGNMENT, MAX_SMALL_REQUEST, NUM_CLASSES};
+use crate::base::os::page_size;
+use crate::layout::pool::PoolHeader;
+use crate::layout::size_class::{ALIGNMENT, MAX_SMALL_REQUEST, NUM_CLASSES};
 use core::fmt;
 
 /// Pool and arena sizes of one [`Allocator`](crate::Allocator).
@@ -151,16 +152,6 @@ pub(crate) fn pool_overhead() -> usize {
     core::mem::size_of::<PoolHeader>().next_multiple_of(ALIGNMENT)
 }
 
-pub(crate) fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions; it only reads a system constant.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p <= 0 {
-        4096
-    } else {
-        p as usize
-    }
-}
-
 /// The validated numbers of a [`Config`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geometry {
@@ -186,7 +177,7 @@ impl Geometry {
     /// Blocks of class `class` that fit in one pool.
     #[inline]
     pub fn blocks_per_pool(&self, class: usize) -> usize {
-        (self.pool_size - self.pool_overhead) / crate::size_class::class_size(class)
+        (self.pool_size - self.pool_overhead) / crate::layout::size_class::class_size(class)
     }
 
     /// The pool that contains `addr` (masking, as pymalloc's `POOL_ADDR`).

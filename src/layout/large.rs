@@ -5,7 +5,7 @@
 //! general purpose malloc"). Calling it directly, rather than `std::alloc::System`, lets
 //! [`Allocator::free`](crate::Allocator::free) release a foreign pointer without its layout.
 
-use crate::size_class::ALIGNMENT;
+use crate::layout::size_class::ALIGNMENT;
 use core::ptr;
 
 use core::ffi::c_void;
