@@ -9,7 +9,7 @@
 use crate::base::diag::{die_fmt, StderrWriter};
 use crate::base::env;
 use crate::heap::Allocator;
-use crate::layout::geometry::Config;
+use crate::layout::config::Config;
 use crate::layout::stats::Stats;
 use crate::layout::Mode;
 use core::alloc::{GlobalAlloc, Layout};

@@ -87,12 +87,18 @@ fn no_lock_on_the_free_threaded_path() {
         "src/base/sync.rs",
         "src/base/stack.rs",
     ] {
-        assert!(names.contains(&must), "{must} not found under src/: {names:?}");
+        assert!(
+            names.contains(&must),
+            "{must} not found under src/: {names:?}"
+        );
     }
     for (file, text) in &files {
         for (n, line) in text.lines().enumerate() {
             if let Some(word) = forbidden_in(line) {
-                panic!("{file}:{}: `{word}` on the free-threaded path: {line}", n + 1);
+                panic!(
+                    "{file}:{}: `{word}` on the free-threaded path: {line}",
+                    n + 1
+                );
             }
         }
     }

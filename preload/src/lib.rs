@@ -47,15 +47,6 @@ fn heap() -> &'static ftmalloc_core::Allocator {
     FtMalloc::instance()
 }
 
-/// Writes `msg` to stderr and aborts; allocates nothing.
-pub(crate) fn die(msg: &[u8]) -> ! {
-    // SAFETY: msg is a valid buffer; write and abort have no other preconditions.
-    unsafe {
-        libc::write(2, msg.as_ptr().cast(), msg.len());
-        libc::abort()
-    }
-}
-
 fn set_errno(e: i32) {
     // SAFETY: __errno_location returns this thread's errno slot.
     unsafe { *libc::__errno_location() = e };

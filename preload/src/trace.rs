@@ -96,7 +96,7 @@ pub(crate) fn init() {
     // SAFETY: fd is checked; ftruncate/mmap have no other preconditions.
     let base = unsafe {
         if fd < 0 || libc::ftruncate(fd, CAPACITY as libc::off_t) != 0 {
-            crate::die(b"ftmalloc: FTMALLOC_TRACE: cannot create the trace file\n");
+            ftmalloc_core::diag::die(b"ftmalloc: FTMALLOC_TRACE: cannot create the trace file\n");
         }
         libc::mmap(
             core::ptr::null_mut(),
@@ -108,7 +108,7 @@ pub(crate) fn init() {
         )
     };
     if base == libc::MAP_FAILED {
-        crate::die(b"ftmalloc: FTMALLOC_TRACE: cannot map the trace file\n");
+        ftmalloc_core::diag::die(b"ftmalloc: FTMALLOC_TRACE: cannot map the trace file\n");
     }
     let base = base.cast::<u8>();
     // SAFETY: the mapping is at least HEADER bytes.

@@ -84,7 +84,7 @@
 use crate::base::sync::{fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use crate::base::{os, stack};
 use crate::layout::arena_map::ArenaMap;
-use crate::layout::geometry::Geometry;
+use crate::layout::geometry::{self, Geometry, MAX_POOLS_PER_ARENA};
 use crate::layout::pool::PoolHeader;
 use crate::layout::size_class::NUM_CLASSES;
 use crate::layout::stats::ArenaCounters;
@@ -97,7 +97,7 @@ const DYING: usize = 2;
 
 /// Descriptor slots in the table. Under loom the table is tiny and explicitly initialised.
 #[cfg(not(loom))]
-pub(crate) const MAX_ARENAS: usize = 1 << 16;
+pub(crate) const MAX_ARENAS: usize = geometry::MAX_ARENAS;
 #[cfg(loom)]
 pub(crate) const MAX_ARENAS: usize = 4;
 
@@ -179,7 +179,7 @@ impl Central {
             // SAFETY: i < MAX_ARENAS, inside the fresh mapping.
             unsafe { ptr::write(descs.add(i), CachePadded::new(ArenaDesc::new())) };
         }
-        let all = if geo.pools_per_arena == 64 {
+        let all = if geo.pools_per_arena == MAX_POOLS_PER_ARENA {
             u64::MAX
         } else {
             (1u64 << geo.pools_per_arena) - 1
@@ -345,7 +345,7 @@ impl Central {
                 // a mapped arena.
                 unsafe { os::purge(from as *mut u8, to - from) };
             }
-            let mask = if run == 64 {
+            let mask = if run == u64::BITS {
                 u64::MAX
             } else {
                 ((1u64 << run) - 1) << start
@@ -610,7 +610,7 @@ impl Central {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::layout::geometry::Config;
+    use crate::layout::config::Config;
 
     fn setup() -> (Central, ArenaMap, Geometry) {
         let geo = Config::PYMALLOC.geometry().unwrap();

@@ -83,6 +83,7 @@ use crate::base::sync::{AtomicUsize, Ordering};
 use crate::base::{list, stack};
 use crate::layout::arena_map::ArenaMap;
 use crate::layout::geometry::Geometry;
+use crate::layout::geometry::ADDRESS_BITS;
 use crate::layout::pool::{Block, PoolHeader};
 use crate::layout::size_class::NUM_CLASSES;
 use core::ptr;
@@ -91,7 +92,7 @@ use core::sync::atomic::{AtomicUsize as StatAtomic, Ordering::Relaxed};
 /// Flag in the remote word: the pool was detached full; the next remote free must publish it.
 pub(crate) const DETACHED: usize = 1;
 const FLAGS: usize = 0xf;
-const COUNT_SHIFT: u32 = 48;
+const COUNT_SHIFT: u32 = ADDRESS_BITS;
 const PTR_MASK: usize = ((1usize << COUNT_SHIFT) - 1) & !FLAGS;
 
 /// Remote-free batch slots per cache (direct-mapped by pool address; a power of two).

@@ -73,7 +73,8 @@ use crate::base::list::{self, Links};
 use crate::base::os;
 use crate::base::stack;
 use crate::layout::arena_map::ArenaMap;
-use crate::layout::geometry::{Config, Geometry};
+use crate::layout::config::Config;
+use crate::layout::geometry::{Geometry, MAX_ARENAS, MAX_POOLS_PER_ARENA};
 use crate::layout::large;
 use crate::layout::pool::PoolHeader;
 use crate::layout::size_class::{class_size, ALIGNMENT, NUM_CLASSES};
@@ -83,10 +84,6 @@ use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
-
-/// Upper bound on arena descriptors (64 GiB of small objects with 1 MiB arenas). The table is
-/// an anonymous mapping of this many descriptors; only the touched pages cost memory.
-pub(crate) const MAX_ARENAS: usize = 1 << 16;
 
 /// `usable_arenas` is linked through `nextarena` / `prevarena`.
 impl Links for ArenaObject {
@@ -135,7 +132,7 @@ pub(crate) struct GilCore {
     arenas_len: usize,
     unused_arena_objects: *mut ArenaObject,
     usable_arenas: *mut ArenaObject,
-    nfp2lasta: [*mut ArenaObject; 65],
+    nfp2lasta: [*mut ArenaObject; MAX_POOLS_PER_ARENA + 1],
     usedpools: [*mut PoolHeader; NUM_CLASSES],
     counters: ArenaCounters,
 }
@@ -230,7 +227,7 @@ impl GilHeap {
                 arenas_len: 0,
                 unused_arena_objects: ptr::null_mut(),
                 usable_arenas: ptr::null_mut(),
-                nfp2lasta: [ptr::null_mut(); 65],
+                nfp2lasta: [ptr::null_mut(); MAX_POOLS_PER_ARENA + 1],
                 usedpools: [ptr::null_mut(); NUM_CLASSES],
                 counters: ArenaCounters::default(),
             }),
@@ -697,7 +694,7 @@ impl GilCore {
             let mut ao = self.usable_arenas;
             let mut prev: *mut ArenaObject = ptr::null_mut();
             let mut last_nf = 0;
-            let mut seen = [false; 65];
+            let mut seen = [false; MAX_POOLS_PER_ARENA + 1];
             while !ao.is_null() {
                 let nf = (*ao).nfreepools as usize;
                 assert!(nf > 0, "usable arena with no free pool");

@@ -23,10 +23,8 @@
 //! arena descriptors, which do go through the facade.
 
 use crate::base::os;
+use crate::layout::geometry::ADDRESS_BITS;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
-
-/// Address bits considered; addresses at or above `2^ADDRESS_BITS` are never ours.
-const ADDRESS_BITS: u32 = 48;
 
 pub(crate) struct ArenaMap {
     root: *mut AtomicPtr<AtomicUsize>,

@@ -30,14 +30,34 @@
 //! zeroed request gets fresh pages that nothing touches.
 
 use crate::base::diag::die_fmt;
+use crate::layout::geometry::ADDRESS_BITS;
 use crate::layout::pool::Op;
+use crate::layout::size_class::{size_to_class, ALIGNMENT};
 use core::fmt;
+use core::mem::size_of;
 use core::ptr;
 
+/// Offset of the tag word (after the free list's link word).
+const TAG_AT: usize = size_of::<usize>();
+/// Offset of the requested size.
+const SIZE_AT: usize = TAG_AT + size_of::<usize>();
+/// Offset of the front guard bytes.
+const GUARD_AT: usize = SIZE_AT + size_of::<usize>();
+/// Front guard bytes.
+const GUARD_LEN: usize = 8;
 /// Bytes before the user's data.
-pub(crate) const HEADER: usize = 32;
+pub(crate) const HEADER: usize = GUARD_AT + GUARD_LEN;
 /// Bytes added to every request (header plus the minimum tail guard).
-pub(crate) const OVERHEAD: usize = HEADER + 16;
+pub(crate) const OVERHEAD: usize = HEADER + ALIGNMENT;
+
+// The user pointer stays aligned, and the layout is the one drawn above.
+const _: () = assert!(HEADER % ALIGNMENT == 0 && HEADER == 32 && OVERHEAD == 48);
+
+/// The tag's address-and-size part: the block size sits in the tag bits above the address.
+#[inline(always)]
+fn tag_base(inner: *mut u8, block: usize) -> usize {
+    inner as usize ^ (block << ADDRESS_BITS)
+}
 
 const FRESH: u8 = 0xCD;
 const DEAD: u8 = 0xDD;
@@ -60,7 +80,7 @@ impl fmt::Display for Report {
             "ftmalloc debug: {} at {:#x} (size class {} = {} bytes, block {:#x}, pool {:#x})",
             self.what,
             self.user,
-            self.block / 16 - 1,
+            size_to_class(self.block),
             self.block,
             self.inner,
             self.pool
@@ -99,10 +119,10 @@ pub(crate) unsafe fn on_alloc(
     n: usize,
     zeroed: bool,
 ) -> *mut u8 {
-    let i = inner as usize ^ (block << 48);
+    let i = tag_base(inner, block);
     // SAFETY: the whole block is ours.
     unsafe {
-        let tag = inner.add(8).cast::<usize>();
+        let tag = inner.add(TAG_AT).cast::<usize>();
         if tag.read() == i ^ FREED_TAG && !all(inner.add(HEADER), block - HEADER, DEAD) {
             fail(
                 inner as usize + HEADER,
@@ -113,8 +133,8 @@ pub(crate) unsafe fn on_alloc(
             );
         }
         tag.write(i ^ ALIVE_TAG);
-        inner.add(16).cast::<usize>().write(n);
-        ptr::write_bytes(inner.add(24), GUARD, 8);
+        inner.add(SIZE_AT).cast::<usize>().write(n);
+        ptr::write_bytes(inner.add(GUARD_AT), GUARD, GUARD_LEN);
         ptr::write_bytes(inner.add(HEADER), if zeroed { 0 } else { FRESH }, n);
         ptr::write_bytes(inner.add(HEADER + n), GUARD, block - HEADER - n);
         inner.add(HEADER)
@@ -132,11 +152,11 @@ pub(crate) fn inner_of(user: *mut u8) -> *mut u8 {
 /// # Safety
 /// `inner` must be a carved block start of `block` bytes in one of our mapped arenas.
 pub(crate) unsafe fn check_live(inner: *mut u8, block: usize, pool: usize, op: Op) -> usize {
-    let i = inner as usize ^ (block << 48);
+    let i = tag_base(inner, block);
     let user = inner as usize + HEADER;
     // SAFETY: the block is inside a mapped arena (caller's contract), so readable.
     unsafe {
-        let tag = inner.add(8).cast::<usize>().read();
+        let tag = inner.add(TAG_AT).cast::<usize>().read();
         if tag == i ^ FREED_TAG {
             let what = match op {
                 Op::Free => "double free",
@@ -145,7 +165,7 @@ pub(crate) unsafe fn check_live(inner: *mut u8, block: usize, pool: usize, op: O
             };
             fail(user, inner as usize, block, pool, what);
         }
-        if tag != i ^ ALIVE_TAG || !all(inner.add(24), 8, GUARD) {
+        if tag != i ^ ALIVE_TAG || !all(inner.add(GUARD_AT), GUARD_LEN, GUARD) {
             fail(
                 user,
                 inner as usize,
@@ -154,7 +174,7 @@ pub(crate) unsafe fn check_live(inner: *mut u8, block: usize, pool: usize, op: O
                 "write before the start of the block (guard bytes damaged)",
             );
         }
-        let n = inner.add(16).cast::<usize>().read();
+        let n = inner.add(SIZE_AT).cast::<usize>().read();
         if n > block - OVERHEAD {
             fail(
                 user,
@@ -186,9 +206,9 @@ pub(crate) unsafe fn on_free(inner: *mut u8, block: usize, pool: usize) {
     unsafe {
         check_live(inner, block, pool, Op::Free);
         inner
-            .add(8)
+            .add(TAG_AT)
             .cast::<usize>()
-            .write(inner as usize ^ (block << 48) ^ FREED_TAG);
+            .write(tag_base(inner, block) ^ FREED_TAG);
         ptr::write_bytes(inner.add(HEADER), DEAD, block - HEADER);
     }
 }

@@ -1,156 +1,44 @@
-//! Geometry of the shared layout: pool and arena sizes, the pool header overhead, and the
-//! largest request served from pools.
+//! The numbers of the shared layout, from a few shifts in one place.
 //!
-//! pymalloc's numbers on 64-bit are the default ([`Config::PYMALLOC`]): 16 KiB pools carved
-//! from 1 MiB arenas, 16-byte blocks steps up to 512 bytes. Tests and loom models shrink the
-//! sizes with [`Config::new`] so that "pool full", "pool empty" and "arena empty" are reached
-//! in a handful of operations.
+//! Every bound one module relies on and another enforces is derived here, and the compile-time
+//! assertions at the end check that they fit together:
+//! - [`ADDRESS_BITS`]: user-space pointers fit in the low 48 bits (x86-64, 4-level paging).
+//!   The arena map covers that range; the free-threaded remote-list word packs a block count in
+//!   the [`TAG_BITS`] above it; debug mode tags its headers with the block size there.
+//! - [`MAX_BLOCKS_PER_POOL`]: the largest count that fits those tag bits.
+//! - [`MAX_POOL_SHIFT`]: pools of at most 64 KiB, so a block offset fits the 16 bits of the
+//!   division-free block check (`size_class::is_multiple_of_class`), and a pool's blocks fit
+//!   the count.
+//! - [`MAX_POOLS_PER_ARENA`]: 64, one bit per pool in a `u64` (the free-threaded free-pool
+//!   bitmap; GIL mode's `nfp2lasta` has one entry per count, 0..=64).
+//! - [`MAX_ARENAS`]: descriptor table length of either mode (64 GiB of small objects with
+//!   1 MiB arenas).
+//! - [`PYMALLOC_POOL_SHIFT`], [`PYMALLOC_ARENA_SHIFT`]: pymalloc's 16 KiB pools and 1 MiB arenas.
 //!
-//! Invariants kept by [`Geometry`] (checked once, in [`Config::geometry`]):
-//! - `pool_size` and `arena_size` are powers of two, `pool_size <= arena_size`, and an arena
-//!   holds between 1 and 64 pools (the free-threaded mode keeps one bit per pool in a `u64`);
-//! - every size class up to `small_limit` fits at least two blocks in a pool after the header,
-//!   so a fresh pool never fills on its first block;
-//! - `pool_overhead` is a multiple of [`ALIGNMENT`], so every block is 16-byte aligned.
+//! A [`Geometry`] is the validated, derived form of one heap's `Config` (`layout::config`).
 
-use crate::base::os::page_size;
-use crate::layout::pool::PoolHeader;
-use crate::layout::size_class::{ALIGNMENT, MAX_SMALL_REQUEST, NUM_CLASSES};
-use core::fmt;
+use crate::layout::size_class::{class_size, ALIGNMENT, MAX_SMALL_REQUEST, NUM_CLASSES};
 
-/// Pool and arena sizes of one [`Allocator`](crate::Allocator).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Config {
-    /// Bytes per pool (a power of two; pools are aligned to their size).
-    pub pool_size: usize,
-    /// Bytes per arena (a power of two and a multiple of `pool_size`; arenas are aligned to their size).
-    pub arena_size: usize,
-    /// Debug mode: size headers, guard bytes and fill patterns on every pool block, with checks
-    /// for double frees, overruns and writes to freed memory (see the `debug` module).
-    pub debug: bool,
-    /// Free-threaded mode: how long (milliseconds) a free pool keeps its pages before they are
-    /// given back to the OS (`madvise`); a pool is purged after one to two intervals free.
-    /// 0 purges every pool as it returns to its arena. GIL mode, like pymalloc, gives back
-    /// only whole arenas and ignores it. Default [`Config::DEFAULT_DECAY_MS`].
-    pub decay_ms: u64,
-}
-
-/// Why a [`Config`] was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    /// The configuration that was refused.
-    pub config: Config,
-    /// What is wrong with it.
-    pub reason: &'static str,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid ftmalloc config (pool_size {}, arena_size {}, decay_ms {}): {}",
-            self.config.pool_size, self.config.arena_size, self.config.decay_ms, self.reason
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-impl Config {
-    /// pymalloc's layout on 64-bit platforms: 16 KiB pools in 1 MiB arenas.
-    pub const PYMALLOC: Config = Config::new(16 << 10, 1 << 20);
-
-    /// The default decay interval: 100 ms.
-    pub const DEFAULT_DECAY_MS: u64 = 100;
-
-    /// Longest decay interval accepted: one hour.
-    pub const MAX_DECAY_MS: u64 = 3_600_000;
-
-    /// A configuration with the given pool and arena sizes (validated when an allocator is built).
-    pub const fn new(pool_size: usize, arena_size: usize) -> Config {
-        Config {
-            pool_size,
-            arena_size,
-            debug: false,
-            decay_ms: Config::DEFAULT_DECAY_MS,
-        }
-    }
-
-    /// The same configuration with debug mode on or off.
-    pub const fn with_debug(self, debug: bool) -> Config {
-        Config { debug, ..self }
-    }
-
-    /// The same configuration with another decay interval (see [`Config::decay_ms`]).
-    pub const fn with_decay_ms(self, decay_ms: u64) -> Config {
-        Config { decay_ms, ..self }
-    }
-
-    /// Checks the configuration and derives the numbers the allocator works with.
-    pub fn geometry(&self) -> Result<Geometry, ConfigError> {
-        let err = |reason| ConfigError {
-            config: *self,
-            reason,
-        };
-        if !self.pool_size.is_power_of_two() {
-            return Err(err("pool_size must be a power of two"));
-        }
-        if !self.arena_size.is_power_of_two() {
-            return Err(err("arena_size must be a power of two"));
-        }
-        if self.arena_size < self.pool_size {
-            return Err(err("arena_size must be at least pool_size"));
-        }
-        let pools_per_arena = self.arena_size / self.pool_size;
-        if pools_per_arena > 64 {
-            return Err(err("an arena may hold at most 64 pools"));
-        }
-        if self.decay_ms > Config::MAX_DECAY_MS {
-            return Err(err("decay_ms may be at most 3600000 (one hour)"));
-        }
-        if self.arena_size < page_size() {
-            return Err(err("arena_size must be at least the OS page size"));
-        }
-        let pool_overhead = pool_overhead();
-        if self.pool_size < pool_overhead + 2 * ALIGNMENT {
-            return Err(err(
-                "pool_size leaves no room for two 16-byte blocks after the pool header",
-            ));
-        }
-        if (self.pool_size - pool_overhead) / ALIGNMENT > MAX_BLOCKS_PER_POOL {
-            return Err(err(
-                "pool_size too large: a pool may hold at most 65535 blocks",
-            ));
-        }
-        // Largest class that still fits two blocks after the header.
-        let room = (self.pool_size - pool_overhead) / 2;
-        let small_limit = (room / ALIGNMENT * ALIGNMENT).min(MAX_SMALL_REQUEST);
-        Ok(Geometry {
-            pool_size: self.pool_size,
-            pool_shift: self.pool_size.trailing_zeros(),
-            arena_size: self.arena_size,
-            arena_shift: self.arena_size.trailing_zeros(),
-            pools_per_arena,
-            pool_overhead,
-            small_limit,
-            num_classes: small_limit / ALIGNMENT,
-        })
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config::PYMALLOC
-    }
-}
-
-/// Most blocks a pool may hold: the free-threaded mode counts remote frees in 16 bits.
-pub(crate) const MAX_BLOCKS_PER_POOL: usize = 0xffff;
-
-/// Bytes at the start of every pool taken by its header, rounded up to [`ALIGNMENT`].
-pub(crate) fn pool_overhead() -> usize {
-    core::mem::size_of::<PoolHeader>().next_multiple_of(ALIGNMENT)
-}
+/// Address bits of a user-space pointer: addresses at or above `2^ADDRESS_BITS` are never ours.
+pub(crate) const ADDRESS_BITS: u32 = 48;
+/// Bits of a pointer-sized word above the address bits (packed counts and tags).
+pub(crate) const TAG_BITS: u32 = usize::BITS - ADDRESS_BITS;
+/// Most blocks a pool may hold: a count of them fits [`TAG_BITS`].
+pub(crate) const MAX_BLOCKS_PER_POOL: usize = (1 << TAG_BITS) - 1;
+/// `log2` of the largest pool (64 KiB).
+pub(crate) const MAX_POOL_SHIFT: u32 = 16;
+/// `log2` of the most pools in an arena.
+pub(crate) const MAX_POOLS_SHIFT: u32 = 6;
+/// Most pools in an arena (64).
+pub(crate) const MAX_POOLS_PER_ARENA: usize = 1 << MAX_POOLS_SHIFT;
+/// `log2` of the most arenas a heap maps at once.
+pub(crate) const MAX_ARENAS_SHIFT: u32 = 16;
+/// Most arenas a heap maps at once (the length of either mode's descriptor table).
+pub(crate) const MAX_ARENAS: usize = 1 << MAX_ARENAS_SHIFT;
+/// `log2` of pymalloc's pool size (16 KiB).
+pub(crate) const PYMALLOC_POOL_SHIFT: u32 = 14;
+/// `log2` of pymalloc's arena size (1 MiB).
+pub(crate) const PYMALLOC_ARENA_SHIFT: u32 = 20;
 
 /// The validated numbers of a [`Config`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,7 +51,7 @@ pub struct Geometry {
     pub arena_size: usize,
     /// `log2(arena_size)`.
     pub arena_shift: u32,
-    /// Pools per arena (at most 64).
+    /// Pools per arena (at most [`MAX_POOLS_PER_ARENA`]).
     pub pools_per_arena: usize,
     /// Bytes of each pool taken by its header.
     pub pool_overhead: usize,
@@ -177,7 +65,7 @@ impl Geometry {
     /// Blocks of class `class` that fit in one pool.
     #[inline]
     pub fn blocks_per_pool(&self, class: usize) -> usize {
-        (self.pool_size - self.pool_overhead) / crate::layout::size_class::class_size(class)
+        (self.pool_size - self.pool_overhead) / class_size(class)
     }
 
     /// The pool that contains `addr` (masking, as pymalloc's `POOL_ADDR`).
@@ -193,53 +81,17 @@ impl Geometry {
     }
 }
 
-const _: () = assert!(NUM_CLASSES * ALIGNMENT == MAX_SMALL_REQUEST);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pymalloc_geometry() {
-        let g = Config::PYMALLOC.geometry().unwrap();
-        assert_eq!(g.pools_per_arena, 64);
-        assert_eq!(g.small_limit, 512);
-        assert_eq!(g.num_classes, 32);
-        assert_eq!(g.pool_overhead % 16, 0);
-        assert_eq!(g.pool_of(0x1234_5678), 0x1234_4000);
-        assert_eq!(g.arena_of(0x1234_5678), 0x1230_0000);
-    }
-
-    #[test]
-    fn tiny_geometry_limits_classes() {
-        let ov = pool_overhead();
-        let pool = (ov + 128).next_power_of_two();
-        let g = Config::new(pool, page_size().max(pool)).geometry().unwrap();
-        assert!(g.small_limit >= 16);
-        assert!(g.blocks_per_pool(g.num_classes - 1) >= 2);
-    }
-
-    #[test]
-    fn bad_configs_are_refused_with_a_reason() {
-        for (p, a) in [
-            (3000, 1 << 20),
-            (16384, 3 << 20),
-            (1 << 20, 1 << 14),
-            (1 << 10, 1 << 20),
-            (16, 4096),
-        ] {
-            let e = Config::new(p, a).geometry().unwrap_err();
-            assert!(!e.reason.is_empty());
-            assert!(e.to_string().contains(&p.to_string()));
-        }
-        let e = Config::PYMALLOC
-            .with_decay_ms(Config::MAX_DECAY_MS + 1)
-            .geometry()
-            .unwrap_err();
-        assert!(e.to_string().contains("decay_ms 3600001"), "{e}");
-        assert!(Config::PYMALLOC
-            .with_decay_ms(Config::MAX_DECAY_MS)
-            .geometry()
-            .is_ok());
-    }
-}
+const _: () = {
+    assert!(NUM_CLASSES * ALIGNMENT == MAX_SMALL_REQUEST);
+    // The free-pool bitmap is one u64 per arena.
+    assert!(MAX_POOLS_PER_ARENA == u64::BITS as usize);
+    // pymalloc's geometry is a valid one.
+    assert!(PYMALLOC_POOL_SHIFT <= MAX_POOL_SHIFT);
+    assert!(PYMALLOC_ARENA_SHIFT - PYMALLOC_POOL_SHIFT <= MAX_POOLS_SHIFT);
+    // Every pool's blocks can be counted in the tag bits.
+    assert!((1 << MAX_POOL_SHIFT) / ALIGNMENT <= MAX_BLOCKS_PER_POOL);
+    // Block offsets inside a pool fit the 16 bits of the division-free check.
+    assert!(MAX_POOL_SHIFT <= 16);
+    // The most arenas of the largest kind pymalloc maps fit in the address space.
+    assert!(MAX_ARENAS_SHIFT + PYMALLOC_ARENA_SHIFT <= ADDRESS_BITS);
+};

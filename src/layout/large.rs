@@ -50,69 +50,52 @@ static USABLE: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
 mod sys {
     use super::*;
 
-    pub(super) unsafe fn malloc(size: usize) -> *mut c_void {
-        // SAFETY: no preconditions.
-        unsafe {
-            if internal() {
-                __libc_malloc(size)
-            } else {
-                libc::malloc(size)
-            }
+    /// One family of entry points of the C library's allocator.
+    pub(super) struct Family {
+        pub(super) malloc: unsafe extern "C" fn(usize) -> *mut c_void,
+        pub(super) calloc: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+        /// Contract: the pointer is live in this family.
+        pub(super) realloc: unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void,
+        /// Contract: the pointer is live in this family.
+        pub(super) free: unsafe extern "C" fn(*mut c_void),
+        /// Contract: the alignment is a power of two multiple of the pointer size.
+        pub(super) memalign: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+    }
+
+    /// `posix_memalign` in `memalign`'s shape: null on failure.
+    unsafe extern "C" fn public_memalign(align: usize, size: usize) -> *mut c_void {
+        let mut p = ptr::null_mut();
+        // SAFETY: `p` is a valid out-pointer; the alignment is the caller's contract.
+        if unsafe { libc::posix_memalign(&mut p, align, size) } == 0 {
+            p
+        } else {
+            ptr::null_mut()
         }
     }
 
-    pub(super) unsafe fn calloc(n: usize, size: usize) -> *mut c_void {
-        // SAFETY: no preconditions.
-        unsafe {
-            if internal() {
-                __libc_calloc(n, size)
-            } else {
-                libc::calloc(n, size)
-            }
-        }
-    }
+    static PUBLIC: Family = Family {
+        malloc: libc::malloc,
+        calloc: libc::calloc,
+        realloc: libc::realloc,
+        free: libc::free,
+        memalign: public_memalign,
+    };
 
-    /// # Safety
-    /// `p` live in the C library's allocator.
-    pub(super) unsafe fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
-        // SAFETY: per the contract.
-        unsafe {
-            if internal() {
-                __libc_realloc(p, size)
-            } else {
-                libc::realloc(p, size)
-            }
-        }
-    }
+    static GLIBC_INTERNAL: Family = Family {
+        malloc: __libc_malloc,
+        calloc: __libc_calloc,
+        realloc: __libc_realloc,
+        free: __libc_free,
+        memalign: __libc_memalign,
+    };
 
-    /// # Safety
-    /// `p` live in the C library's allocator.
-    pub(super) unsafe fn free(p: *mut c_void) {
-        // SAFETY: per the contract.
-        unsafe {
-            if internal() {
-                __libc_free(p)
-            } else {
-                libc::free(p)
-            }
-        }
-    }
-
-    /// # Safety
-    /// `align` a power of two multiple of the pointer size.
-    pub(super) unsafe fn memalign(align: usize, size: usize) -> *mut c_void {
-        // SAFETY: per the contract.
-        unsafe {
-            if internal() {
-                __libc_memalign(align, size)
-            } else {
-                let mut p = ptr::null_mut();
-                if libc::posix_memalign(&mut p, align, size) == 0 {
-                    p
-                } else {
-                    ptr::null_mut()
-                }
-            }
+    /// The family in use (see [`use_glibc_internal_allocator`]).
+    #[inline(always)]
+    pub(super) fn family() -> &'static Family {
+        if internal() {
+            &GLIBC_INTERNAL
+        } else {
+            &PUBLIC
         }
     }
 
@@ -148,11 +131,11 @@ mod sys {
 pub(crate) fn alloc(size: usize, align: usize) -> *mut u8 {
     if align <= ALIGNMENT {
         // SAFETY: malloc has no preconditions; glibc aligns to 16 on 64-bit.
-        unsafe { sys::malloc(size).cast() }
+        unsafe { (sys::family().malloc)(size).cast() }
     } else {
         // SAFETY: align is a power of two (Layout guarantees it) above 16, so a multiple of the
         // pointer size.
-        unsafe { sys::memalign(align, size).cast() }
+        unsafe { (sys::family().memalign)(align, size).cast() }
     }
 }
 
@@ -161,7 +144,7 @@ pub(crate) fn alloc(size: usize, align: usize) -> *mut u8 {
 pub(crate) fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
     if align <= ALIGNMENT {
         // SAFETY: calloc has no preconditions.
-        unsafe { sys::calloc(1, size).cast() }
+        unsafe { (sys::family().calloc)(1, size).cast() }
     } else {
         let p = alloc(size, align);
         if !p.is_null() {
@@ -179,7 +162,7 @@ pub(crate) fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
 #[inline]
 pub(crate) unsafe fn free(p: *mut u8) {
     // SAFETY: per the contract.
-    unsafe { sys::free(p.cast()) }
+    unsafe { (sys::family().free)(p.cast()) }
 }
 
 /// Resizes a pointer of the allocator underneath (alignment <= 16).
@@ -189,7 +172,7 @@ pub(crate) unsafe fn free(p: *mut u8) {
 #[inline]
 pub(crate) unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
     // SAFETY: per the contract.
-    unsafe { sys::realloc(p.cast(), new_size).cast() }
+    unsafe { (sys::family().realloc)(p.cast(), new_size).cast() }
 }
 
 /// Usable size of a pointer of the allocator underneath.

@@ -8,6 +8,7 @@
 //! heap can be monomorphised over it.
 
 pub(crate) mod arena_map;
+pub(crate) mod config;
 pub(crate) mod debug;
 pub(crate) mod geometry;
 pub(crate) mod large;
@@ -16,8 +17,9 @@ pub mod size_class;
 pub(crate) mod stats;
 
 use arena_map::ArenaMap;
+use config::Config;
 use core::fmt;
-use geometry::{Config, Geometry};
+use geometry::Geometry;
 use pool::PoolHeader;
 use stats::Stats;
 

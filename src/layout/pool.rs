@@ -20,7 +20,7 @@
 use crate::base::list::Links;
 use crate::base::sync::{AtomicPtr, AtomicUsize};
 use crate::layout::geometry::Geometry;
-use crate::layout::size_class::{class_size, is_multiple_of_class};
+use crate::layout::size_class::{class_size, is_multiple_of_class, ALIGNMENT};
 use core::fmt;
 use core::ptr;
 use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
@@ -507,12 +507,16 @@ pub(crate) fn reject(op: Op, ptr: usize, pool: usize, class: u32, what: &'static
     }
 }
 
-const _: () = assert!(core::mem::size_of::<PoolHeader>() % 16 == 0);
+/// Bytes at the start of every pool taken by its header, rounded up to [`ALIGNMENT`] (so every
+/// block is 16-byte aligned).
+pub(crate) const OVERHEAD: usize = core::mem::size_of::<PoolHeader>().next_multiple_of(ALIGNMENT);
+
+const _: () = assert!(core::mem::size_of::<PoolHeader>() % ALIGNMENT == 0);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::geometry::Config;
+    use crate::layout::config::Config;
 
     #[test]
     fn carving_is_lazy_lifo_and_keeps_the_free_list_on_reuse() {

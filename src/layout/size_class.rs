@@ -4,8 +4,10 @@
 //! `(class + 1) * 16` bytes. Requests of 0 bytes, above the geometry's small limit or with an
 //! alignment above 16 are not served from pools.
 
+/// `log2` of [`ALIGNMENT`].
+pub const ALIGNMENT_SHIFT: u32 = 4;
 /// Alignment of every block (and the step between classes).
-pub const ALIGNMENT: usize = 16;
+pub const ALIGNMENT: usize = 1 << ALIGNMENT_SHIFT;
 /// Largest request served from pools with pymalloc's geometry.
 pub const MAX_SMALL_REQUEST: usize = 512;
 /// Number of size classes with pymalloc's geometry.
@@ -14,13 +16,13 @@ pub const NUM_CLASSES: usize = MAX_SMALL_REQUEST / ALIGNMENT;
 /// Class of a request of `size` bytes, `1 <= size <= 512`.
 #[inline(always)]
 pub const fn size_to_class(size: usize) -> usize {
-    (size - 1) >> 4
+    (size - 1) >> ALIGNMENT_SHIFT
 }
 
 /// Block size of `class`.
 #[inline(always)]
 pub const fn class_size(class: usize) -> usize {
-    (class + 1) << 4
+    (class + 1) << ALIGNMENT_SHIFT
 }
 
 /// `ceil(2^32 / class_size(c))` for each class: division by a class size as a multiply.
@@ -40,9 +42,13 @@ const RECIPROCALS: [u64; NUM_CLASSES] = {
 /// least `1 / s >= 2^-9`).
 #[inline(always)]
 pub(crate) fn is_multiple_of_class(off: usize, class: usize) -> bool {
-    let q = ((off as u64 & 0xffff) * RECIPROCALS[class]) >> 32;
-    off < 0x10000 && q * class_size(class) as u64 == off as u64
+    let q = ((off as u64 & (OFFSET_LIMIT - 1)) * RECIPROCALS[class]) >> 32;
+    (off as u64) < OFFSET_LIMIT && q * class_size(class) as u64 == off as u64
 }
+
+/// Offsets [`is_multiple_of_class`] answers for: below 2^16 (pools are at most 64 KiB,
+/// `geometry::MAX_POOL_SHIFT`, which asserts this bound).
+const OFFSET_LIMIT: u64 = 1 << 16;
 
 #[cfg(test)]
 mod tests {

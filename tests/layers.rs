@@ -1,0 +1,210 @@
+//! The crate's layers, checked: no module imports a module above it, and the two front-ends
+//! never import each other.
+//!
+//! From the bottom: `base` (sync facade, stack, list, diag, env, os), `layout` (size classes,
+//! geometry, pool, arena map, the allocator underneath, debug format, stats, the `Front`
+//! seam), then the two front-ends `gil` and `ft` side by side, the facade `heap`, the process
+//! shell `global`, and the crate root (`lib.rs`, with the unit tests `src/tests.rs`).
+//!
+//! Every `crate::` path in code (comments and doc comments are skipped: a doc link upward is
+//! not a dependency) names its first segment; `super::` in a folder's `mod.rs` or a top-level
+//! file is the crate root. A path to a root re-export (`crate::Allocator`) counts as the root,
+//! so lower modules must name the module they use.
+
+use std::path::{Path, PathBuf};
+
+/// The layer of a top-level module of the crate (`None`: not a module, i.e. a root re-export).
+fn rank(module: &str) -> Option<u32> {
+    Some(match module {
+        "base" => 0,
+        "layout" => 1,
+        "gil" | "ft" => 2,
+        "heap" => 3,
+        "global" => 4,
+        "lib" | "tests" => 5,
+        _ => return None,
+    })
+}
+
+/// The top-level module a file under `src/` belongs to, and whether its `super` is the root.
+fn module_of(rel: &str) -> (String, bool) {
+    let rel = rel.trim_start_matches("src/");
+    match rel.split_once('/') {
+        Some((dir, file)) => (dir.to_string(), file == "mod.rs"),
+        None => (rel.trim_end_matches(".rs").to_string(), true),
+    }
+}
+
+/// The first segment of every crate-rooted path in `code` (`crate::a::b` gives `a`;
+/// `crate::{a::b, c}` gives `a` and `c`; with `super_is_root`, `super::x` gives `x`).
+fn targets(code: &str, super_is_root: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut prefixes = vec!["crate::"];
+    if super_is_root {
+        prefixes.push("super::");
+    }
+    for prefix in prefixes {
+        let mut rest = code;
+        while let Some(i) = rest.find(prefix) {
+            let before = rest[..i].chars().last();
+            rest = &rest[i + prefix.len()..];
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                continue; // e.g. `$crate::` or `my_crate::`
+            }
+            if let Some(group) = rest.strip_prefix('{') {
+                let mut depth = 1;
+                let mut item = String::new();
+                let mut items = Vec::new();
+                for c in group.chars() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        ',' if depth == 1 => items.push(std::mem::take(&mut item)),
+                        _ => {}
+                    }
+                    if depth >= 1 && !(c == ',' && depth == 1) {
+                        item.push(c);
+                    }
+                }
+                items.push(item);
+                for it in items {
+                    let seg: String = it
+                        .trim()
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect();
+                    if !seg.is_empty() {
+                        out.push(seg);
+                    }
+                }
+            } else {
+                let seg: String = rest
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if !seg.is_empty() {
+                    out.push(seg);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The code of `text` without comments (line comments, doc comments; block comments are not
+/// used in this crate).
+fn code_of(text: &str) -> String {
+    text.lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Every import of `file` (relative path) that breaks the layering, as messages.
+fn violations(rel: &str, text: &str) -> Vec<String> {
+    let (module, super_is_root) = module_of(rel);
+    let Some(own) = rank(&module) else {
+        return vec![format!(
+            "{rel}: unknown module `{module}` (add it to tests/layers.rs)"
+        )];
+    };
+    let mut out = Vec::new();
+    for target in targets(&code_of(text), super_is_root) {
+        if target == module || target == "self" {
+            continue;
+        }
+        let theirs = rank(&target).unwrap_or(5);
+        let sideways = theirs == 2 && own == 2;
+        if theirs > own || sideways {
+            out.push(format!(
+                "{rel}: `{module}` (layer {own}) imports `{target}` (layer {theirs})"
+            ));
+        }
+    }
+    out
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn no_module_imports_one_above_it() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    assert!(files.len() > 20, "src/ walk found only {files:?}");
+    let mut bad = Vec::new();
+    let mut imports = 0;
+    for f in &files {
+        let rel = f
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        let text = std::fs::read_to_string(f).unwrap();
+        imports += targets(&code_of(&text), false).len();
+        bad.extend(violations(&rel, &text));
+    }
+    assert!(
+        imports > 100,
+        "only {imports} crate paths found: the parser is broken"
+    );
+    assert!(
+        bad.is_empty(),
+        "upward or sideways imports:\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn the_check_catches_upward_and_sideways_imports() {
+    // Upward: layout naming the facade, base naming layout, a root re-export from below.
+    assert_eq!(
+        violations("src/layout/pool.rs", "use crate::heap::Allocator;").len(),
+        1
+    );
+    assert_eq!(
+        violations("src/base/os.rs", "let g = crate::layout::geometry::X;").len(),
+        1
+    );
+    assert_eq!(
+        violations("src/layout/stats.rs", "use crate::{Mode, base::sync};").len(),
+        1
+    );
+    // Sideways between the front-ends, in both directions, and through `super` in a mod.rs.
+    assert_eq!(
+        violations("src/gil/mod.rs", "use crate::ft::FtHeap;").len(),
+        1
+    );
+    assert_eq!(violations("src/ft/central.rs", "crate::gil::MAX").len(), 1);
+    assert_eq!(violations("src/ft/mod.rs", "use super::gil::X;").len(), 1);
+    // Allowed: downward, within a folder, comments.
+    assert!(violations(
+        "src/ft/thread_cache.rs",
+        "use super::central::Central;\nuse crate::{base::sync, layout::pool};"
+    )
+    .is_empty());
+    assert!(violations(
+        "src/layout/mod.rs",
+        "/// See [`Allocator`](crate::Allocator)."
+    )
+    .is_empty());
+    assert!(violations(
+        "src/heap.rs",
+        "use crate::gil::GilHeap; use crate::ft::FtHeap;"
+    )
+    .is_empty());
+}
