@@ -66,6 +66,45 @@ pub(crate) unsafe fn write_plain<T: Copy>(p: *mut T, v: T) {
     unsafe { p.write(v) }
 }
 
+/// An `UnsafeCell` for plain shared fields, whose hand-overs loom can see.
+///
+/// Normally it is `core::cell::UnsafeCell`. [`with_mut_raw`](Self::with_mut_raw) runs a closure
+/// on the contents and, under loom, records the write on the address's shadow cell (as
+/// [`write_plain`] does), so a field handed from one thread to another through this cell is
+/// checked for the ordering that publishes it. [`get_raw`](Self::get_raw) is the untracked
+/// pointer, for an owner's long-lived use after a tracked hand-over.
+#[repr(transparent)]
+pub(crate) struct UnsafeCell<T>(core::cell::UnsafeCell<T>);
+
+impl<T> UnsafeCell<T> {
+    /// A cell holding `v`.
+    #[cfg_attr(not(loom), allow(dead_code))]
+    pub(crate) const fn new(v: T) -> UnsafeCell<T> {
+        UnsafeCell(core::cell::UnsafeCell::new(v))
+    }
+
+    /// The contents' address, without a reference to the cell (the pointer keeps `this`'s
+    /// provenance) and untracked.
+    #[inline(always)]
+    pub(crate) const fn get_raw(this: *const UnsafeCell<T>) -> *mut T {
+        core::cell::UnsafeCell::raw_get(this.cast::<core::cell::UnsafeCell<T>>())
+    }
+
+    /// Runs `f` on the contents as a write that hands them over (tracked under loom).
+    ///
+    /// # Safety
+    /// `this` points to a live cell whose contents no other thread uses during `f`.
+    #[inline(always)]
+    pub(crate) unsafe fn with_mut_raw<R>(
+        this: *const UnsafeCell<T>,
+        f: impl FnOnce(*mut T) -> R,
+    ) -> R {
+        let p = Self::get_raw(this);
+        track_plain(p, true);
+        f(p)
+    }
+}
+
 /// Records an access to plain memory written or read through an atomic type for another
 /// reason (the header fields statistics read racily: `ref_count`, `nextoffset`). A no-op
 /// outside loom.

@@ -79,7 +79,7 @@
 //!    owner's allocation or sweep, a detached pool's receiver, an adopter, or `trim`.
 
 use super::central::Central;
-use crate::base::sync::{AtomicUsize, Ordering};
+use crate::base::sync::{AtomicUsize, Ordering, UnsafeCell};
 use crate::base::{list, stack};
 use crate::layout::arena_map::ArenaMap;
 use crate::layout::geometry::Geometry;
@@ -166,7 +166,7 @@ pub(crate) struct Cache {
 #[repr(C, align(64))]
 pub(crate) struct CacheSlot {
     /// The cache; its address is the owner token (64-aligned: first field of the slot).
-    cache: core::cell::UnsafeCell<Cache>,
+    cache: UnsafeCell<Cache>,
     /// 1 while a thread or handle uses this slot.
     pub(crate) in_use: AtomicUsize,
     /// Pools the cache owns (written by the owner, read by statistics).
@@ -177,7 +177,7 @@ impl CacheSlot {
     #[cfg_attr(not(loom), allow(dead_code))]
     pub(crate) fn new() -> CacheSlot {
         CacheSlot {
-            cache: core::cell::UnsafeCell::new(Cache::new()),
+            cache: UnsafeCell::new(Cache::new()),
             in_use: AtomicUsize::new(0),
             held: StatAtomic::new(0),
         }
@@ -189,15 +189,15 @@ impl CacheSlot {
     /// `slot` must be a slot of a live table, taken by the caller (`in_use` won), whose cache
     /// is empty.
     pub(crate) unsafe fn take(slot: *mut CacheSlot, batching: bool) -> *mut Cache {
-        // SAFETY: per the contract the slot is ours; `raw_get` keeps the slot pointer's
-        // provenance and makes no reference.
+        // SAFETY: per the contract the slot is ours; the cell's raw accessors keep the slot
+        // pointer's provenance and make no reference. The cache is plain memory handed over
+        // through `in_use` (see `crate::base::sync`): the write is tracked under loom.
         unsafe {
-            let c = core::cell::UnsafeCell::raw_get(&raw const (*slot).cache);
-            // The cache is plain memory handed over through `in_use` (see `crate::base::sync`).
-            crate::base::sync::track_plain(c, true);
-            (*c).held_out = &raw const (*slot).held;
-            (*c).set_batching(batching);
-            c
+            UnsafeCell::with_mut_raw(&raw const (*slot).cache, |c| {
+                (*c).held_out = &raw const (*slot).held;
+                (*c).set_batching(batching);
+                c
+            })
         }
     }
 }
