@@ -16,7 +16,7 @@
 //! size class, its pool and what is wrong: a double free (tag says freed), a write before the
 //! start (guard or tag damaged) or past the end (tail guard damaged), checked at free, realloc
 //! and usable size; a pointer that is not a block start (by the always-on check, which
-//! `Allocator::locate` makes before any of these headers is read: the header of a pointer near
+//! `Heap::locate` (`heap`) makes before any of these headers is read: the header of a pointer near
 //! a pool's start would lie outside the pool, even outside the arena); and a write to freed
 //! memory, seen when the block is handed out again (its 0xDD fill damaged). The tag mixes in
 //! the block address and size, so stale bytes of a pool's earlier size class (whose first
