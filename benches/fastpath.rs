@@ -7,8 +7,9 @@
 //!   timed with `iter_custom` from the workload's own barriers (thread creation excluded).
 //!
 //! `cargo bench --bench fastpath` (a few minutes on 2 cores); `cargo bench --bench fastpath --
-//! mt/` runs one family. The workload code is the harness's, included by path, so the numbers
-//! agree with `cargo run --release`.
+//! mt/` runs one family. The bench belongs to the harness package (`bench/Cargo.toml`) and
+//! runs the workloads of its library, `ftmalloc_bench`, so the numbers agree with
+//! `cargo run --release`.
 
 use std::alloc::{handle_alloc_error, Layout};
 use std::hint::black_box;
@@ -16,21 +17,16 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-#[allow(dead_code)]
-#[path = "../bench/src/allocs.rs"]
-mod allocs;
-#[allow(dead_code)]
-#[path = "../bench/src/workloads.rs"]
-mod workloads;
+use ftmalloc_bench::allocs::{AllocName, BenchAlloc, Heap};
+use ftmalloc_bench::catalogue::WORKLOADS;
+use ftmalloc_bench::timing::{Budget, Params};
+use ftmalloc_bench::with_heap;
 
-use allocs::{with_heap, AllocName, BenchAlloc, Heap};
-use workloads::{Budget, Params, WORKLOADS};
-
-/// One instance of every available allocator.
+/// One instance of every allocator.
 fn heaps() -> Vec<(AllocName, Heap)> {
     AllocName::ALL
         .into_iter()
-        .filter_map(|a| a.instantiate().map(|h| (a, h)))
+        .map(|a| (a, a.instantiate()))
         .collect()
 }
 

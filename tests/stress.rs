@@ -64,16 +64,6 @@ unsafe fn verify(p: *mut u8, size: usize, pats: &[[u8; 512]]) {
     );
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 fn stress(mode: Mode) {
     let a = Allocator::new(mode);
     let pats = patterns();
@@ -88,7 +78,9 @@ fn stress(mode: Mode) {
             let (a, pats, barrier) = (&a, &pats, &barrier);
             s.spawn(move || {
                 let mut tc = a.thread_cache().expect("cache slot");
-                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((t as u64 + 1) * 0x1234_5678));
+                let mut rng = fastrand::Rng::with_seed(
+                    0x9E37_79B9_7F4A_7C15 ^ ((t as u64 + 1) * 0x1234_5678),
+                );
                 let mut live: Vec<(usize, usize)> = Vec::new();
                 let mut outbox = Vec::new();
                 let free_remote = |tc: &mut ftmalloc::ThreadCache<'_>,
@@ -103,7 +95,7 @@ fn stress(mode: Mode) {
                 };
                 barrier.wait();
                 for _ in 0..ops {
-                    let r = rng.next();
+                    let r = rng.u64(..);
                     if live.len() < 64 || (r & 1 == 0 && live.len() < 4096) {
                         let size = 1 + (r >> 8) as usize % 512;
                         // SAFETY: non-zero layout; the block is filled before anyone reads it.

@@ -1,9 +1,8 @@
 //! The allocators under comparison, behind one trait so that workload code is written once and
 //! monomorphised per allocator (no `dyn` on the hot path).
 //!
-//! This file is shared with the criterion benches of the root crate (`benches/fastpath.rs`
-//! includes it with `#[path]`), so it depends only on `std`, `ftmalloc`, `mimalloc` and
-//! `tikv_jemallocator`.
+//! Owns the [`BenchAlloc`] trait, the [`AllocName`] list of allocators, the [`Heap`] that holds
+//! one instance, and the [`with_heap!`](crate::with_heap) macro that dispatches on it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
@@ -67,7 +66,7 @@ via_global_alloc!(System, MiMalloc, Jemalloc, FtMalloc);
 pub enum AllocName {
     /// ftmalloc, `Mode::Gil`: pymalloc under one lock.
     Gil,
-    /// ftmalloc, free-threaded mode (`Mode::from_name("ft")`).
+    /// ftmalloc, free-threaded mode (`Mode::FreeThreaded`).
     Ft,
     /// The C library's allocator (`std::alloc::System`).
     System,
@@ -114,47 +113,37 @@ impl AllocName {
         }
     }
 
-    /// Why this allocator cannot run in this build, if it cannot.
-    pub fn unavailable(self) -> Option<&'static str> {
-        match self {
-            AllocName::Ft if Mode::from_name("ft").is_none() => {
-                Some("ftmalloc::Mode::from_name(\"ft\") returns None in this build")
-            }
-            _ => None,
-        }
-    }
-
     /// The allocator as a program gets it, for a process that runs one cell: for ftmalloc the
     /// process-wide heap behind `FtMalloc` (its threads bind to caches through the
     /// thread-local, batch their remote frees, and give their caches up at thread exit), in
     /// the mode set here through `FTMALLOC_MODE` before its first use; the others as
-    /// [`instantiate`](Self::instantiate). `None` when unavailable, or when the process-wide
-    /// heap was already built in another mode.
+    /// [`instantiate`](Self::instantiate). `None` when the process-wide heap was already built
+    /// in another mode.
     pub fn instantiate_process_wide(self) -> Option<Heap> {
         let mode = match self {
             AllocName::Gil => Mode::Gil,
-            AllocName::Ft => Mode::from_name("ft")?,
-            _ => return self.instantiate(),
+            AllocName::Ft => Mode::FreeThreaded,
+            _ => return Some(self.instantiate()),
         };
         // The caller is single-threaded here (the harness child, before any worker starts).
         std::env::set_var("FTMALLOC_MODE", mode.name());
         (FtMalloc::instance().mode() == mode).then_some(Heap::ProcessWide(FtMalloc))
     }
 
-    /// A fresh instance, or `None` when [`unavailable`](Self::unavailable).
-    pub fn instantiate(self) -> Option<Heap> {
-        Some(match self {
+    /// A fresh instance (for ftmalloc, a heap of its own).
+    pub fn instantiate(self) -> Heap {
+        match self {
             AllocName::Gil => Heap::Gil(Allocator::new(Mode::Gil)),
-            AllocName::Ft => Heap::Ft(Allocator::new(Mode::from_name("ft")?)),
+            AllocName::Ft => Heap::Ft(Allocator::new(Mode::FreeThreaded)),
             AllocName::System => Heap::System(System),
             AllocName::Mimalloc => Heap::Mimalloc(MiMalloc),
             AllocName::Jemalloc => Heap::Jemalloc(Jemalloc),
-        })
+        }
     }
 }
 
 /// One allocator instance of each kind. Workloads are generic over [`BenchAlloc`]; the
-/// [`with_heap!`] macro picks the concrete type once per run, outside the timed loops.
+/// [`with_heap!`](crate::with_heap) macro picks the concrete type once per run, outside the timed loops.
 pub enum Heap {
     /// ftmalloc in GIL mode.
     Gil(Allocator),
@@ -171,7 +160,9 @@ pub enum Heap {
 }
 
 /// `with_heap!(heap, a => expr)` evaluates `expr` with `a` bound to the concrete allocator
-/// inside `heap` (a `&Heap`), so `expr` is monomorphised once per allocator type.
+/// inside `heap` (a `&`[`Heap`](crate::allocs::Heap)), so `expr` is monomorphised once per
+/// allocator type.
+#[macro_export]
 macro_rules! with_heap {
     ($heap:expr, $a:ident => $body:expr) => {
         match $heap {
@@ -183,4 +174,3 @@ macro_rules! with_heap {
         }
     };
 }
-pub(crate) use with_heap;

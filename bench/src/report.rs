@@ -1,13 +1,15 @@
-//! Results: the median of repeats, the text table, CSV, the Markdown report and the SVG plots.
+//! Results: the median of repeats, the text table, CSV, the Markdown report (and the date on
+//! it) and the SVG plots.
 
 use std::error::Error;
 use std::fmt::Write as _;
 use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use plotters::prelude::*;
 
 use crate::allocs::AllocName;
-use crate::workloads::Workload;
+use crate::catalogue::Workload;
 
 /// The CSV header; one [`Row`] per line below it, in this column order.
 pub const CSV_HEADER: &str =
@@ -316,6 +318,34 @@ pub fn plot(dir: &Path, rows: &[Row], w: &Workload) -> Result<(), Box<dyn Error>
     Ok(())
 }
 
+/// The current UTC date and time, `YYYY-MM-DD HH:MM UTC` (the report's `date:` line).
+pub fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    utc_date(secs)
+}
+
+/// `secs` seconds after 1970-01-01 00:00 UTC as `YYYY-MM-DD HH:MM UTC`, by the C library's
+/// `gmtime_r`.
+fn utc_date(secs: u64) -> String {
+    let t = libc::time_t::try_from(secs).unwrap_or(libc::time_t::MAX);
+    // SAFETY: an all-zero tm is a valid value of the plain C struct.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call; gmtime_r is thread-safe.
+    if unsafe { libc::gmtime_r(&t, &mut tm) }.is_null() {
+        return "unknown date".into();
+    }
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+        i64::from(tm.tm_year) + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,10 +424,20 @@ mod tests {
         ];
         assert_eq!(ratios(&rows, &rows[3]), (Some(4.5), Some(3.0)));
         assert_eq!(ratios(&rows, &rows[4]), (None, None));
-        let w = crate::workloads::find("pairs").unwrap();
+        let w = crate::catalogue::find("pairs").unwrap();
         let t = table(&rows, &[w]);
         assert!(t.contains("vs system") && t.contains("4.50x") && t.contains("3.00x"));
         let md = markdown(&rows, &[w], "# r\n");
         assert!(md.contains("| ft | 2 | 90.00 | 4.50x | 3.00x | 2.0 MiB | 1.0 MiB |"));
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc_date(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc_date(951_782_400), "2000-02-29 00:00 UTC");
+        assert_eq!(utc_date(1_000_000_000), "2001-09-09 01:46 UTC");
+        assert_eq!(utc_date(4_102_444_799), "2099-12-31 23:59 UTC");
+        let now = utc_now();
+        assert_eq!(now.len(), "YYYY-MM-DD HH:MM UTC".len(), "{now}");
     }
 }
