@@ -160,13 +160,7 @@ fn arenas_stay_sorted_and_empty_ones_are_released_but_one() {
         a.check_invariants();
         // Free in a scattered order, checking the sorted list and nfp2lasta after every step.
         let mut order: Vec<usize> = (0..blocks.len()).collect();
-        let mut x = 12345u64;
-        for i in (1..order.len()).rev() {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            order.swap(i, (x >> 33) as usize % (i + 1));
-        }
+        fastrand::Rng::with_seed(12345).shuffle(&mut order);
         for i in order {
             a.dealloc(blocks[i], lay(size));
             a.check_invariants();
@@ -262,7 +256,7 @@ fn every_mode_serves_and_balances() {
         for size in 1..=512 {
             // SAFETY: freed below.
             let p = unsafe { a.alloc(lay(size)) };
-            assert!(a.owns(p) && p as usize % 16 == 0);
+            assert!(a.owns(p) && (p as usize).is_multiple_of(16));
             // SAFETY: p is a fresh block of `size` bytes.
             unsafe { ptr::write_bytes(p, size as u8, size) };
             ps.push((p, size));
@@ -471,4 +465,30 @@ fn owner_remote_freer_and_stats_share_pools_without_aliasing() {
     });
     drop(tc);
     assert_eq!(a.stats().blocks_in_use(), 0);
+}
+
+/// The largest pools accepted (64 KiB) serve and take back every block, in both modes: block
+/// offsets reach the top of the 16 bits the block check handles (`layout::geometry`). Before
+/// the geometry capped pools at 64 KiB, a 128 KiB pool was accepted and the free of its first
+/// block past 64 KiB aborted as "not the start of a block".
+#[test]
+fn the_largest_pools_check_every_block() {
+    for mode in [Mode::Gil, Mode::FreeThreaded] {
+        let a = Allocator::with_config(mode, Config::new(64 << 10, 1 << 20)).unwrap();
+        for size in [16, 48, 512] {
+            let per_pool = a.geometry().blocks_per_pool(size / 16 - 1);
+            // SAFETY: fresh blocks, each freed once below.
+            let ps: Vec<_> = (0..per_pool * 2 + 1)
+                .map(|_| unsafe { a.alloc(lay(size)) })
+                .collect();
+            assert!(ps.iter().all(|p| !p.is_null()));
+            for p in ps {
+                // SAFETY: live blocks of `a`.
+                unsafe { a.dealloc(p, lay(size)) };
+            }
+        }
+        assert_eq!(a.stats().blocks_in_use(), 0);
+        let e = Allocator::with_config(mode, Config::new(128 << 10, 1 << 20)).unwrap_err();
+        assert!(e.reason.contains("64 KiB"), "{e}");
+    }
 }

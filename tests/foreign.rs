@@ -145,7 +145,7 @@ fn large_and_overaligned_blocks_stay_underneath() {
                 // and the block stays with the allocator underneath.
                 let q = a.realloc(p, l, 3 * size);
                 assert!(
-                    !q.is_null() && !a.owns(q) && q as usize % align == 0,
+                    !q.is_null() && !a.owns(q) && (q as usize).is_multiple_of(align),
                     "{mode}: {l:?}"
                 );
                 check(q, size, seed, "grown");
@@ -153,7 +153,7 @@ fn large_and_overaligned_blocks_stay_underneath() {
                 let small = 16.min(size);
                 let r = a.realloc(q, Layout::from_size_align(3 * size, align).unwrap(), small);
                 assert!(
-                    !r.is_null() && !a.owns(r) && r as usize % align == 0,
+                    !r.is_null() && !a.owns(r) && (r as usize).is_multiple_of(align),
                     "{mode}: {l:?}"
                 );
                 check(r, small, seed, "shrunk");

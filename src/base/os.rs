@@ -12,7 +12,7 @@ use core::ptr;
 /// result is lost to alignment.
 #[cfg(not(miri))]
 pub(crate) fn map_aligned(size: usize, align: usize) -> *mut u8 {
-    debug_assert!(align.is_power_of_two() && size % crate::base::os::page_size() == 0);
+    debug_assert!(align.is_power_of_two() && size.is_multiple_of(page_size()));
     let Some(total) = size.checked_add(align) else {
         return ptr::null_mut();
     };
@@ -91,7 +91,7 @@ pub(crate) unsafe fn unmap(ptr: *mut u8, size: usize) {
 /// hold nothing anyone will read as data again.
 #[cfg(not(miri))]
 pub(crate) unsafe fn purge(ptr: *mut u8, size: usize) {
-    debug_assert!(ptr as usize % crate::base::os::page_size() == 0);
+    debug_assert!((ptr as usize).is_multiple_of(page_size()));
     // SAFETY: the caller guarantees the range is ours and dead; DONTNEED keeps it mapped.
     let rc = unsafe { libc::madvise(ptr.cast(), size, libc::MADV_DONTNEED) };
     debug_assert_eq!(rc, 0, "madvise failed");
@@ -121,7 +121,7 @@ mod miri_os {
     use std::alloc::{alloc_zeroed, dealloc, Layout};
 
     fn layout(size: usize) -> Layout {
-        let page = crate::base::os::page_size();
+        let page = page_size();
         let align = if size.is_power_of_two() && size >= page {
             size
         } else {

@@ -162,8 +162,7 @@ unsafe impl Send for Central {}
 unsafe impl Sync for Central {}
 
 fn table_bytes() -> usize {
-    (MAX_ARENAS * core::mem::size_of::<CachePadded<ArenaDesc>>())
-        .next_multiple_of(crate::base::os::page_size())
+    (MAX_ARENAS * core::mem::size_of::<CachePadded<ArenaDesc>>()).next_multiple_of(os::page_size())
 }
 
 impl Central {
@@ -338,7 +337,7 @@ impl Central {
             let from = base + start as usize * self.geo.pool_size;
             let to = from + run as usize * self.geo.pool_size;
             // Whole pages only: pools smaller than a page (tests, models) share theirs.
-            let page = crate::base::os::page_size();
+            let page = os::page_size();
             let (from, to) = (from.next_multiple_of(page), to & !(page - 1));
             if from < to {
                 // SAFETY: the pages lie inside the run's pools, which the caller holds, inside

@@ -114,11 +114,11 @@ unsafe impl Send for FtHeap {}
 unsafe impl Sync for FtHeap {}
 
 fn caches_bytes() -> usize {
-    (MAX_CACHES * core::mem::size_of::<CacheSlot>()).next_multiple_of(crate::base::os::page_size())
+    (MAX_CACHES * core::mem::size_of::<CacheSlot>()).next_multiple_of(os::page_size())
 }
 
 fn by_tid_bytes() -> usize {
-    (MAX_THREADS * core::mem::size_of::<usize>()).next_multiple_of(crate::base::os::page_size())
+    (MAX_THREADS * core::mem::size_of::<usize>()).next_multiple_of(os::page_size())
 }
 
 impl FtHeap {

@@ -135,7 +135,7 @@ impl ArenaMap {
 }
 
 fn round_to_page(n: usize) -> usize {
-    n.next_multiple_of(crate::base::os::page_size())
+    n.next_multiple_of(os::page_size())
 }
 
 impl Drop for ArenaMap {

@@ -51,7 +51,7 @@ pub(crate) const HEADER: usize = GUARD_AT + GUARD_LEN;
 pub(crate) const OVERHEAD: usize = HEADER + ALIGNMENT;
 
 // The user pointer stays aligned, and the layout is the one drawn above.
-const _: () = assert!(HEADER % ALIGNMENT == 0 && HEADER == 32 && OVERHEAD == 48);
+const _: () = assert!(HEADER.is_multiple_of(ALIGNMENT) && HEADER == 32 && OVERHEAD == 48);
 
 /// The tag's address-and-size part: the block size sits in the tag bits above the address.
 #[inline(always)]

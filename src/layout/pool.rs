@@ -511,7 +511,7 @@ pub(crate) fn reject(op: Op, ptr: usize, pool: usize, class: u32, what: &'static
 /// block is 16-byte aligned).
 pub(crate) const OVERHEAD: usize = core::mem::size_of::<PoolHeader>().next_multiple_of(ALIGNMENT);
 
-const _: () = assert!(core::mem::size_of::<PoolHeader>() % ALIGNMENT == 0);
+const _: () = assert!(core::mem::size_of::<PoolHeader>().is_multiple_of(ALIGNMENT));
 
 #[cfg(test)]
 mod tests {
