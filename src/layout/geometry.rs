@@ -40,7 +40,7 @@ pub(crate) const PYMALLOC_POOL_SHIFT: u32 = 14;
 /// `log2` of pymalloc's arena size (1 MiB).
 pub(crate) const PYMALLOC_ARENA_SHIFT: u32 = 20;
 
-/// The validated numbers of a [`Config`].
+/// The validated numbers of a [`Config`](crate::Config).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geometry {
     /// Bytes per pool.
@@ -51,7 +51,7 @@ pub struct Geometry {
     pub arena_size: usize,
     /// `log2(arena_size)`.
     pub arena_shift: u32,
-    /// Pools per arena (at most [`MAX_POOLS_PER_ARENA`]).
+    /// Pools per arena (at most 64).
     pub pools_per_arena: usize,
     /// Bytes of each pool taken by its header.
     pub pool_overhead: usize,
