@@ -62,21 +62,19 @@ impl<F: Front> Heap<F> {
         layout.size().wrapping_sub(1) < self.arenas.geo.small_limit && layout.align() <= ALIGNMENT
     }
 
-    /// A block of `class` from the calling thread's cache (`cache`, or the thread's own cache
-    /// of this heap when null) or, in GIL mode, from the locked heap.
+    /// A block of `class` from the front-end: in free-threaded mode from the handle's cache
+    /// (`local`) or the calling thread's own; in GIL mode from the locked heap.
+    ///
+    /// # Safety
+    /// `local` is `NO_LOCAL` or the calling handle's own.
     #[inline(always)]
-    fn small_alloc(&self, class: usize, local: F::Local) -> *mut u8 {
-        let p = self.small_alloc_raw(class, local);
+    unsafe fn small_alloc(&self, class: usize, local: F::Local) -> *mut u8 {
+        // SAFETY: per the contract.
+        let p = unsafe { self.front.alloc(class, local, &self.arenas) };
         if cfg!(feature = "asan") && !self.debug && !p.is_null() {
             asan::unpoison(p, class_size(class));
         }
         p
-    }
-
-    #[inline(always)]
-    fn small_alloc_raw(&self, class: usize, local: F::Local) -> *mut u8 {
-        // SAFETY: `local` is NO_LOCAL or the calling handle's own (every caller's contract).
-        unsafe { self.front.alloc(class, local, &self.arenas) }
     }
 
     /// Frees a checked block of ours (see [`checked_block`](Self::checked_block)).
@@ -195,7 +193,8 @@ impl<F: Front> Heap<F> {
             return unsafe { self.debug_alloc(layout, local, false) };
         }
         if self.is_small(layout) {
-            self.small_alloc(size_to_class(layout.size()), local)
+            // SAFETY: `local` is NO_LOCAL or the handle's own (the contract).
+            unsafe { self.small_alloc(size_to_class(layout.size()), local) }
         } else {
             large::alloc(layout.size(), layout.align())
         }
@@ -221,7 +220,8 @@ impl<F: Front> Heap<F> {
             };
         }
         let class = size_to_class(n + debug::OVERHEAD);
-        let inner = self.small_alloc(class, local);
+        // SAFETY: `local` is NO_LOCAL or the handle's own (the contract).
+        let inner = unsafe { self.small_alloc(class, local) };
         if inner.is_null() {
             return inner;
         }
@@ -238,7 +238,8 @@ impl<F: Front> Heap<F> {
             return unsafe { self.debug_alloc(layout, F::NO_LOCAL, true) };
         }
         if self.is_small(layout) {
-            let p = self.small_alloc(size_to_class(layout.size()), F::NO_LOCAL);
+            // SAFETY: NO_LOCAL.
+            let p = unsafe { self.small_alloc(size_to_class(layout.size()), F::NO_LOCAL) };
             if !p.is_null() {
                 // SAFETY: p is a fresh block of at least layout.size() bytes.
                 unsafe { ptr::write_bytes(p, 0, layout.size()) };
