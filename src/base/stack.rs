@@ -39,3 +39,56 @@ pub(crate) fn push<W: Copy>(
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use core::ptr;
+    use core::sync::atomic::{AtomicPtr, Ordering};
+
+    #[test]
+    fn pushes_from_threads_are_all_taken_once() {
+        // Blocks linked through their first word, as GIL mode's deferred frees are.
+        const PER: usize = 2_000;
+        let head = AtomicPtr::<usize>::new(ptr::null_mut());
+        let mut nodes: Vec<Box<[usize; 2]>> = (0..4 * PER).map(|i| Box::new([0, i])).collect();
+        let addrs: Vec<usize> = nodes.iter_mut().map(|b| b.as_mut_ptr() as usize).collect();
+        std::thread::scope(|s| {
+            for chunk in addrs.chunks(PER) {
+                let head = &head;
+                s.spawn(move || {
+                    for &a in chunk {
+                        let node = a as *mut usize;
+                        let old = super::push(
+                            head.load(Ordering::Relaxed),
+                            |h| {
+                                // SAFETY: the node is this thread's until the push lands.
+                                unsafe { node.write(h as usize) };
+                                node
+                            },
+                            |h, new| {
+                                head.compare_exchange_weak(
+                                    h,
+                                    new,
+                                    Ordering::Release,
+                                    Ordering::Relaxed,
+                                )
+                            },
+                        );
+                        assert_ne!(old, node);
+                    }
+                });
+            }
+        });
+        let mut seen = vec![false; 4 * PER];
+        let mut n = head.swap(ptr::null_mut(), Ordering::Acquire);
+        while !n.is_null() {
+            // SAFETY: every node is a live box whose first word links the next.
+            let (next, id) = unsafe { (n.read() as *mut usize, n.add(1).read()) };
+            assert!(!seen[id], "node {id} taken twice");
+            seen[id] = true;
+            n = next;
+        }
+        assert!(seen.iter().all(|&s| s), "a pushed node was lost");
+        drop(nodes);
+    }
+}
