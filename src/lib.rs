@@ -33,8 +33,10 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
-// The layers, bottom to top (no module imports one above it; `gil` and `ft` never import each
-// other: tests/layers.rs checks both).
+// The layers, bottom to top: `base` (what everything needs), `layout` (what both modes share,
+// and the `Front` seam), the front-ends `gil` and `ft` side by side, the facade `heap`, the
+// process shell `global`. No module imports one above it and `gil` and `ft` never import each
+// other (tests/layers.rs checks both).
 mod base;
 mod ft;
 mod gil;

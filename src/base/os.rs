@@ -3,6 +3,7 @@
 //! Nothing here allocates through an allocator; every function is a thin wrapper over
 //! `mmap`/`munmap`, so the allocator can call it while holding its own state.
 
+#[cfg(not(miri))]
 use core::ptr;
 
 /// Maps `size` bytes of zeroed, read-write anonymous memory aligned to `align`
@@ -121,7 +122,7 @@ mod miri_os {
     use std::alloc::{alloc_zeroed, dealloc, Layout};
 
     fn layout(size: usize) -> Layout {
-        let page = page_size();
+        let page = super::page_size();
         let align = if size.is_power_of_two() && size >= page {
             size
         } else {
