@@ -48,7 +48,7 @@ mod tests {
     #[test]
     fn pushes_from_threads_are_all_taken_once() {
         // Blocks linked through their first word, as GIL mode's deferred frees are.
-        const PER: usize = 2_000;
+        const PER: usize = if cfg!(miri) { 50 } else { 2_000 };
         let head = AtomicPtr::<usize>::new(ptr::null_mut());
         let mut nodes: Vec<Box<[usize; 2]>> = (0..4 * PER).map(|i| Box::new([0, i])).collect();
         let addrs: Vec<usize> = nodes.iter_mut().map(|b| b.as_mut_ptr() as usize).collect();
