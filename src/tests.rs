@@ -458,7 +458,10 @@ fn owner_remote_freer_and_stats_share_pools_without_aliasing() {
                 // count them twice (`ref_count` before the owner's subtraction, the remote word
                 // after its swap; each remote free is collected once). So it stays below 24 live
                 // blocks, plus 1, plus the 12 remote frees.
-                assert!(st.blocks_in_use() <= blocks.len() + 1 + theirs.len(), "{st}");
+                assert!(
+                    st.blocks_in_use() <= blocks.len() + 1 + theirs.len(),
+                    "{st}"
+                );
             }
         });
         for &p in mine {
