@@ -88,7 +88,9 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
     alloc_aligned(size, MIN_ALIGN)
 }
 
-/// `free(3)`; preserves `errno`.
+/// `free(3)`; preserves `errno` without touching it: the only paths that could change it are
+/// system calls on slow paths, which keep it themselves (`munmap`, `madvise` and GIL mode's
+/// futex), and glibc's `free` for foreign pointers, which keeps it (glibc 2.33 and later).
 ///
 /// # Safety
 /// `p` must be null or a live pointer from this library or from glibc's allocator.
@@ -97,14 +99,11 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
     if p.is_null() {
         return;
     }
-    // SAFETY: reading this thread's errno slot.
-    let saved = unsafe { *libc::__errno_location() };
     if trace::on() {
         trace::record(trace::FREE, p as usize, 0);
     }
     // SAFETY: per the contract; the arena map routes foreign pointers to glibc.
     unsafe { heap().free(p.cast()) };
-    set_errno(saved);
 }
 
 /// `calloc(3)`: an overflowing `n * size` gives null and `ENOMEM`.

@@ -74,7 +74,7 @@ pub(crate) unsafe fn unmap(ptr: *mut u8, size: usize) {
     crate::base::sync::track_mapping(ptr as usize, true);
     crate::base::sync::forget_plain(ptr as usize, size);
     // SAFETY: the caller guarantees the range is ours and dead.
-    let rc = unsafe { libc::munmap(ptr.cast(), size) };
+    let rc = keep_errno(|| unsafe { libc::munmap(ptr.cast(), size) });
     debug_assert_eq!(rc, 0, "munmap failed");
 }
 
@@ -94,7 +94,7 @@ pub(crate) unsafe fn unmap(ptr: *mut u8, size: usize) {
 pub(crate) unsafe fn purge(ptr: *mut u8, size: usize) {
     debug_assert!((ptr as usize).is_multiple_of(page_size()));
     // SAFETY: the caller guarantees the range is ours and dead; DONTNEED keeps it mapped.
-    let rc = unsafe { libc::madvise(ptr.cast(), size, libc::MADV_DONTNEED) };
+    let rc = keep_errno(|| unsafe { libc::madvise(ptr.cast(), size, libc::MADV_DONTNEED) });
     debug_assert_eq!(rc, 0, "madvise failed");
 }
 
@@ -170,6 +170,26 @@ mod miri_os {
     }
 }
 
+/// Runs `f`, a system call made on a `free` path, keeping the caller's `errno`: `free` must
+/// not change it (glibc's own `free` keeps it since 2.33), and only the paths that enter the
+/// kernel (`munmap`, `madvise`, GIL mode's futex) could, so the fast path never touches it.
+#[inline]
+pub(crate) fn keep_errno<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(not(miri))]
+    {
+        // SAFETY: __errno_location returns this thread's errno slot, valid while it lives.
+        let slot = unsafe { libc::__errno_location() };
+        // SAFETY: as above.
+        let saved = unsafe { *slot };
+        let r = f();
+        // SAFETY: as above.
+        unsafe { *slot = saved };
+        r
+    }
+    #[cfg(miri)]
+    f()
+}
+
 /// The OS page size (4096 where `sysconf` does not say).
 pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions; it only reads a system constant.
@@ -183,6 +203,26 @@ pub(crate) fn page_size() -> usize {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn keep_errno_keeps_it_across_a_failing_call() {
+        // SAFETY: this thread's errno slot.
+        let errno = || unsafe { *libc::__errno_location() };
+        // An unaligned address: madvise fails with EINVAL.
+        let bad = 3usize as *mut libc::c_void;
+        // SAFETY: this thread's errno slot; madvise on a bad address only fails.
+        unsafe { *libc::__errno_location() = 1234 };
+        let rc = keep_errno(|| unsafe { libc::madvise(bad, 4096, libc::MADV_DONTNEED) });
+        assert_eq!((rc, errno()), (-1, 1234));
+        // SAFETY: as above.
+        let rc = unsafe { libc::madvise(bad, 4096, libc::MADV_DONTNEED) };
+        assert_eq!(
+            (rc, errno()),
+            (-1, libc::EINVAL),
+            "the call itself sets errno"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -50,7 +50,7 @@
 
 mod pymalloc;
 
-use crate::base::stack;
+use crate::base::{os, stack};
 use crate::layout::arena_map::ArenaMap;
 use crate::layout::config::Config;
 use crate::layout::geometry::Geometry;
@@ -339,8 +339,9 @@ impl GilHeap {
 /// it differs, and may return spuriously: callers re-check in a loop.
 fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32) {
     // SAFETY: `word` is a valid, aligned u32 for the whole call; a null timeout waits for a
-    // wake. The kernel only reads the word.
-    unsafe {
+    // wake. The kernel only reads the word. (It fails with EAGAIN when the word changed: errno
+    // is kept, as `free` must.)
+    os::keep_errno(|| unsafe {
         libc::syscall(
             libc::SYS_futex,
             word.as_ptr(),
@@ -348,20 +349,20 @@ fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32) {
             expected,
             ptr::null::<libc::timespec>(),
         )
-    };
+    });
 }
 
 /// Wakes up to `n` threads sleeping in [`futex_wait`] on `word`.
 fn futex_wake(word: &core::sync::atomic::AtomicU32, n: i32) {
     // SAFETY: `word` is a valid, aligned u32; waking touches no memory.
-    unsafe {
+    os::keep_errno(|| unsafe {
         libc::syscall(
             libc::SYS_futex,
             word.as_ptr(),
             libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
             n,
         )
-    };
+    });
 }
 
 impl Front for GilHeap {

@@ -20,12 +20,18 @@ static int failures;
         }                                                                \
     } while (0)
 
+/* Frees that changed errno (a GIL-mode free may sleep on the lock's futex, which fails with
+ * EAGAIN when the lock word changed: free must keep errno all the same). */
+static int errno_lost;
+
 static void *worker(void *arg) {
     void **slots = arg;
     for (int i = 0; i < 100000; i++) {
         void *p = malloc(1 + i % 512);
         memset(p, i, 1 + i % 512);
+        errno = 777;
         free(p);
+        if (errno != 777) __atomic_fetch_add(&errno_lost, 1, __ATOMIC_RELAXED);
     }
     /* Hand blocks to the main thread: freed after this thread exits. */
     for (int i = 0; i < 64; i++) slots[i] = malloc(24 + i);
@@ -123,6 +129,7 @@ int main(void) {
     void *slots[4][64];
     for (int i = 0; i < 4; i++) pthread_create(&t[i], NULL, worker, slots[i]);
     for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+    CHECK(errno_lost == 0);
     for (int i = 0; i < 4; i++)
         for (int j = 0; j < 64; j++) {
             CHECK(malloc_usable_size(slots[i][j]) >= (size_t)(24 + j));
