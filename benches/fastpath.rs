@@ -3,6 +3,10 @@
 //!
 //! - `pair/<size>`: one thread, allocate and free one block of 16, 64, 256 or 512 bytes;
 //! - `batch/1000x64`: one thread, allocate 1000 blocks of 64 bytes, then free them;
+//! - `ring/1024`: one thread keeps 1024 blocks; each step frees the oldest and allocates one of
+//!   a pseudo-random size in 16..=512 (the program `.ci/count` counts, `bench/count/ring.c`);
+//! - `pairs/all-classes`: each step allocates `16 + (i*16) % 512` bytes, writes and frees it
+//!   (`bench/count/pairs.c`);
 //! - `mt/<workload>`: the comparison harness's multithreaded workloads (`bench/src`), 2 threads,
 //!   timed with `iter_custom` from the workload's own barriers (thread creation excluded).
 //!
@@ -65,6 +69,35 @@ fn batch<A: BenchAlloc>(a: &A, layout: Layout, live: &mut Vec<*mut u8>) {
     }
 }
 
+/// One step of `ring/1024`: frees the oldest block and allocates a new one (16..=512 bytes,
+/// from an xorshift over `x`, as `bench/count/ring.c`).
+fn ring_step<A: BenchAlloc>(a: &A, ring: &mut [(*mut u8, usize)], i: &mut usize, x: &mut u32) {
+    *x ^= *x << 13;
+    *x ^= *x >> 17;
+    *x ^= *x << 5;
+    let size = 16 + (*x % 32) as usize * 16;
+    let slot = &mut ring[*i & (ring.len() - 1)];
+    *i += 1;
+    if !slot.0.is_null() {
+        // SAFETY: allocated below with this size and alignment 8, freed once.
+        unsafe { a.dealloc(slot.0, Layout::from_size_align_unchecked(slot.1, 8)) };
+    }
+    // SAFETY: size >= 16, alignment 8.
+    let p = unsafe { alloc_touch(a, Layout::from_size_align_unchecked(size, 8)) };
+    *slot = (p, size);
+}
+
+/// Frees what a ring still holds.
+fn ring_drain<A: BenchAlloc>(a: &A, ring: &mut [(*mut u8, usize)]) {
+    for slot in ring.iter_mut() {
+        if !slot.0.is_null() {
+            // SAFETY: live blocks allocated by `ring_step` with these layouts.
+            unsafe { a.dealloc(slot.0, Layout::from_size_align_unchecked(slot.1, 8)) };
+            slot.0 = std::ptr::null_mut();
+        }
+    }
+}
+
 fn fast_path(c: &mut Criterion) {
     let heaps = heaps();
     for size in [16usize, 64, 256, 512] {
@@ -79,6 +112,33 @@ fn fast_path(c: &mut Criterion) {
         }
         g.finish();
     }
+
+    let mut g = c.benchmark_group("ring/1024");
+    g.throughput(Throughput::Elements(1));
+    for (name, heap) in &heaps {
+        let mut ring = vec![(std::ptr::null_mut::<u8>(), 0usize); 1024];
+        let (mut i, mut x) = (0usize, 12345u32);
+        g.bench_function(
+            name.name(),
+            |b| with_heap!(heap, a => b.iter(|| ring_step(a, &mut ring, &mut i, &mut x))),
+        );
+        with_heap!(heap, a => ring_drain(a, &mut ring));
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("pairs/all-classes");
+    g.throughput(Throughput::Elements(1));
+    for (name, heap) in &heaps {
+        let mut i = 0usize;
+        g.bench_function(name.name(), |b| {
+            with_heap!(heap, a => b.iter(|| {
+                i = i.wrapping_add(1);
+                let layout = Layout::from_size_align(16 + (i * 16) % 512, 8).expect("small");
+                pair(a, layout)
+            }))
+        });
+    }
+    g.finish();
 
     let layout = Layout::from_size_align(64, 8).expect("small layout");
     let mut g = c.benchmark_group("batch/1000x64");

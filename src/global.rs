@@ -8,7 +8,9 @@
 
 use crate::base::diag::{die_fmt, StderrWriter};
 use crate::base::env;
-use crate::heap::Allocator;
+use crate::ft::FtHeap;
+use crate::gil::GilHeap;
+use crate::heap::{Allocator, Heap};
 use crate::layout::config::Config;
 use crate::layout::stats::Stats;
 use crate::layout::Mode;
@@ -34,7 +36,13 @@ pub struct FtMalloc;
 
 const UNINIT: u8 = 0;
 const BUSY: u8 = 1;
+/// Built; any mode.
 const READY: u8 = 2;
+/// Built, free-threaded, debug mode off: the fast path's one check selects the monomorphic
+/// free-threaded heap (mode and debug flag are read once, at start).
+const READY_FT: u8 = 3;
+/// Built, GIL mode, debug mode off: the second check of the fast path.
+const READY_GIL: u8 = 4;
 
 struct Instance(UnsafeCell<MaybeUninit<Allocator>>);
 // SAFETY: the cell is written once, by the thread that moves STATE from UNINIT to BUSY, before
@@ -51,11 +59,93 @@ impl FtMalloc {
     /// The process-wide heap behind `FtMalloc`, built on first use.
     #[inline(always)]
     pub fn instance() -> &'static Allocator {
-        if STATE.load(Ordering::Acquire) == READY {
-            // SAFETY: READY is stored (release) only after the instance was written.
+        if STATE.load(Ordering::Acquire) >= READY {
+            // SAFETY: READY and READY_FT are stored (release) only after the instance was
+            // written.
             unsafe { (*INSTANCE.0.get()).assume_init_ref() }
         } else {
             init_slow()
+        }
+    }
+
+    /// The process-wide heap, monomorphic, when it is built without debug mode (the mode and
+    /// the debug flag are read once, at start): one load and one or two compares, then code
+    /// with the mode's dispatch and the debug branches folded away.
+    #[inline(always)]
+    fn fast() -> Fast {
+        let s = STATE.load(Ordering::Acquire);
+        // The free-threaded test first: it is the design under study, and the default.
+        if s == READY_FT {
+            // SAFETY: READY_FT is stored (release) only after a free-threaded instance was
+            // written, and the instance never changes.
+            Fast::Ft(unsafe { (*INSTANCE.0.get()).assume_init_ref().as_ft_unchecked() })
+        } else if s == READY_GIL {
+            // SAFETY: as above, for GIL mode.
+            Fast::Gil(unsafe { (*INSTANCE.0.get()).assume_init_ref().as_gil_unchecked() })
+        } else {
+            Fast::No
+        }
+    }
+
+    /// C `malloc` of 1 to 512 bytes (alignment 16) on the free-threaded fast path, for the
+    /// drop-in library: null when it misses (the heap is not built yet, not free-threaded, in
+    /// debug mode, `size` is not small, or the thread's current pool of the class has no
+    /// block); then the caller takes its general path ([`malloc_general`](Self::malloc_general)).
+    #[doc(hidden)]
+    #[inline(always)]
+    pub fn malloc_fast(size: usize) -> *mut u8 {
+        if STATE.load(Ordering::Acquire) != READY_FT {
+            return core::ptr::null_mut();
+        }
+        // SAFETY: READY_FT is stored (release) only after a free-threaded instance was
+        // written, and the instance never changes.
+        let h = unsafe { (*INSTANCE.0.get()).assume_init_ref().as_ft_unchecked() };
+        // SAFETY: alignment 16; `try_alloc_fast` serves only 1 <= size <= small limit.
+        h.try_alloc_fast(unsafe { Layout::from_size_align_unchecked(size, 16) })
+    }
+
+    /// C `free` on the fast path, for the drop-in library: true when `ptr` was freed, false
+    /// when it misses (nothing done; the caller takes its general path).
+    ///
+    /// # Safety
+    /// As [`Allocator::free`] on the process-wide heap.
+    #[doc(hidden)]
+    #[inline(always)]
+    pub unsafe fn free_fast(ptr: *mut u8) -> bool {
+        if STATE.load(Ordering::Acquire) != READY_FT {
+            return false;
+        }
+        // SAFETY: as in `malloc_fast`.
+        let h = unsafe { (*INSTANCE.0.get()).assume_init_ref().as_ft_unchecked() };
+        // SAFETY: the contract; debug mode is off (READY_FT).
+        unsafe { h.try_free_fast(ptr) }
+    }
+
+    /// C `malloc` on the process-wide heap past the fast path: the general path of the mode
+    /// (GIL mode's fast path included), null when memory is exhausted.
+    #[doc(hidden)]
+    #[inline(never)]
+    pub fn malloc_general(layout: Layout) -> *mut u8 {
+        // SAFETY (every arm): a valid layout; debug mode is off in the fast arms.
+        match FtMalloc::fast() {
+            Fast::Ft(h) => unsafe { h.alloc_nodebug(layout) },
+            Fast::Gil(h) => unsafe { h.alloc_nodebug(layout) },
+            Fast::No => unsafe { FtMalloc::instance().alloc(layout) },
+        }
+    }
+
+    /// C `free` on the process-wide heap past the fast path.
+    ///
+    /// # Safety
+    /// As [`Allocator::free`] on the process-wide heap.
+    #[doc(hidden)]
+    #[inline(never)]
+    pub unsafe fn free_general(ptr: *mut u8) {
+        // SAFETY (every arm): the contract; debug mode is off in the fast arms.
+        match FtMalloc::fast() {
+            Fast::Ft(h) => unsafe { h.free_nodebug(ptr) },
+            Fast::Gil(h) => unsafe { h.free_nodebug(ptr) },
+            Fast::No => unsafe { FtMalloc::instance().free(ptr) },
         }
     }
 
@@ -63,6 +153,13 @@ impl FtMalloc {
     pub fn stats() -> Stats {
         FtMalloc::instance().stats()
     }
+}
+
+/// The process-wide heap's front, when the fast path may take it.
+enum Fast {
+    Ft(&'static Heap<FtHeap>),
+    Gil(&'static Heap<GilHeap>),
+    No,
 }
 
 #[cold]
@@ -96,7 +193,12 @@ fn init_slow() -> &'static Allocator {
         heap.set_process_heap();
         // SAFETY: we won the UNINIT -> BUSY race, so nobody else reads or writes the cell.
         unsafe { (*INSTANCE.0.get()).write(heap) };
-        STATE.store(READY, Ordering::Release);
+        let ready = match (mode, debug) {
+            (Mode::FreeThreaded, false) => READY_FT,
+            (Mode::Gil, false) => READY_GIL,
+            (_, true) => READY,
+        };
+        STATE.store(ready, Ordering::Release);
         #[cfg(not(loom))]
         crate::heap::set_thread_exit_hook(thread_exit);
         // SAFETY: the handlers are valid extern "C" fns; registering may allocate through the
@@ -107,7 +209,7 @@ fn init_slow() -> &'static Allocator {
             unsafe { libc::atexit(print_stats) };
         }
     } else {
-        while STATE.load(Ordering::Acquire) != READY {
+        while STATE.load(Ordering::Acquire) < READY {
             std::thread::yield_now();
         }
     }
@@ -137,8 +239,8 @@ fn env_decay_ms() -> Result<u64, env::EnvError> {
 /// exiting thread's cache of it.
 #[cfg(not(loom))]
 fn thread_exit(tid: usize) {
-    if STATE.load(Ordering::Acquire) == READY {
-        // SAFETY: READY observed with acquire.
+    if STATE.load(Ordering::Acquire) >= READY {
+        // SAFETY: READY or READY_FT observed with acquire.
         let a = unsafe { (*INSTANCE.0.get()).assume_init_ref() };
         a.thread_exit(tid);
     }
@@ -168,8 +270,14 @@ extern "C" fn print_stats() {
 unsafe impl GlobalAlloc for FtMalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded contract.
-        unsafe { FtMalloc::instance().alloc(layout) }
+        // The free-threaded fast path, inline and calling nothing; the rest out of line.
+        if layout.align() <= 16 {
+            let p = FtMalloc::malloc_fast(layout.size());
+            if !p.is_null() {
+                return p;
+            }
+        }
+        FtMalloc::malloc_general(layout)
     }
 
     #[inline]
@@ -179,9 +287,13 @@ unsafe impl GlobalAlloc for FtMalloc {
     }
 
     #[inline]
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded contract.
-        unsafe { FtMalloc::instance().dealloc(ptr, layout) }
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        // SAFETY: forwarded contract (the fast path, then the rest out of line).
+        unsafe {
+            if !FtMalloc::free_fast(ptr) {
+                FtMalloc::free_general(ptr);
+            }
+        }
     }
 
     #[inline]

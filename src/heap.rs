@@ -16,8 +16,8 @@ use crate::gil::GilHeap;
 use crate::layout::arena_map::ArenaMap;
 use crate::layout::config::{Config, ConfigError};
 use crate::layout::geometry::Geometry;
-use crate::layout::pool::{invalid_free, invalid_pointer, reject, Op, PoolHeader};
-use crate::layout::size_class::{class_size, size_to_class, ALIGNMENT};
+use crate::layout::pool::{invalid_free, invalid_pointer, reject, Bad, Op, PoolHeader};
+use crate::layout::size_class::{class_size, size_to_class, ALIGNMENT, NUM_CLASSES};
 use crate::layout::stats::Stats;
 use crate::layout::{debug, large, Arenas, Front, Mode};
 use core::alloc::Layout;
@@ -57,8 +57,9 @@ impl<F: Front> Heap<F> {
         self.arenas.map.lookup(ptr as usize).is_some()
     }
 
+    /// Whether `layout` is served from pools (1 to `small_limit` bytes, alignment <= 16).
     #[inline(always)]
-    fn is_small(&self, layout: Layout) -> bool {
+    pub(crate) fn is_small(&self, layout: Layout) -> bool {
         layout.size().wrapping_sub(1) < self.arenas.geo.small_limit && layout.align() <= ALIGNMENT
     }
 
@@ -100,23 +101,22 @@ impl<F: Front> Heap<F> {
     /// `ptr` must be live, from this heap or the allocator underneath (the checks catch many
     /// violations of this for pointers inside our arenas, but not all).
     #[inline(always)]
-    unsafe fn checked_block(&self, ptr: *mut u8) -> Option<(*mut PoolHeader, *mut u8)> {
+    unsafe fn checked_block(
+        &self,
+        ptr: *mut u8,
+        debug: bool,
+    ) -> Option<(*mut PoolHeader, *mut u8)> {
         self.arenas.map.lookup(ptr as usize)?;
         // SAFETY: the map knows ptr.
-        let (pool, block, class, refs) = unsafe { self.locate(ptr, Op::Free) };
-        if self.debug {
+        let (pool, block, class, refs) = unsafe { self.locate(ptr, Op::Free, debug) };
+        if debug {
             // SAFETY: `locate` checked that `block` is a carved block start of a pool that
             // served `class`, inside the arena the map vouches for. (Checked before `refs`, so
             // a double free is named as such.)
             unsafe { debug::on_free(block, class_size(class as usize), pool as usize) };
         }
         if refs == 0 {
-            invalid_free(
-                ptr as usize,
-                pool as usize,
-                class,
-                "the pool it points into is not in use",
-            );
+            invalid_free(ptr as usize, pool as usize, class, Bad::PoolNotInUse);
         }
         Some((pool, block))
     }
@@ -130,7 +130,12 @@ impl<F: Front> Heap<F> {
     /// # Safety
     /// The arena map knows `ptr` (its arena is mapped).
     #[inline(always)]
-    unsafe fn locate(&self, ptr: *mut u8, op: Op) -> (*mut PoolHeader, *mut u8, u32, u32) {
+    unsafe fn locate(
+        &self,
+        ptr: *mut u8,
+        op: Op,
+        debug: bool,
+    ) -> (*mut PoolHeader, *mut u8, u32, u32) {
         let user = ptr as usize;
         // The pool is the one holding `ptr` itself, which the map vouches for. In debug mode the
         // block starts `debug::HEADER` bytes before it, possibly in the previous pool or outside
@@ -138,16 +143,12 @@ impl<F: Front> Heap<F> {
         // its user pointer (blocks are at least `debug::OVERHEAD` bytes), and the offset check
         // below rejects a block start before the pool's first block.
         let pool = self.arenas.geo.pool_of(user) as *mut PoolHeader;
-        let block = if self.debug {
-            debug::inner_of(ptr)
-        } else {
-            ptr
-        };
+        let block = if debug { debug::inner_of(ptr) } else { ptr };
         // SAFETY: the arena is mapped (the map knows `ptr`, the contract, and `ptr` lies in this
         // pool), so its pool headers are readable.
         match unsafe { PoolHeader::check_block(pool, block as usize, &self.arenas.geo) } {
             Ok((class, refs)) => (pool, block, class, refs),
-            Err((class, what)) => reject(op, user, pool as usize, class, what),
+            Err((class, why)) => reject(op, user, pool as usize, class, why),
         }
     }
 
@@ -161,18 +162,12 @@ impl<F: Front> Heap<F> {
     #[inline(never)]
     unsafe fn debug_requested(&self, ptr: *mut u8, op: Op) -> usize {
         // SAFETY: the map knows ptr (the contract).
-        let (pool, block, class, refs) = unsafe { self.locate(ptr, op) };
+        let (pool, block, class, refs) = unsafe { self.locate(ptr, op, true) };
         // SAFETY: `locate` checked that `block` is a carved block start of a pool that served
         // `class`, inside the arena the map vouches for.
         let n = unsafe { debug::check_live(block, class_size(class as usize), pool as usize, op) };
         if refs == 0 {
-            invalid_pointer(
-                op,
-                ptr as usize,
-                pool as usize,
-                class,
-                "the pool it points into is not in use",
-            );
+            invalid_pointer(op, ptr as usize, pool as usize, class, Bad::PoolNotInUse);
         }
         n
     }
@@ -262,7 +257,78 @@ impl<F: Front> Heap<F> {
     #[inline(always)]
     unsafe fn free_with(&self, ptr: *mut u8, local: F::Local) {
         // SAFETY: forwarded contract.
-        if let Some((pool, block)) = unsafe { self.checked_block(ptr) } {
+        unsafe { self.free_as(ptr, local, self.debug) }
+    }
+
+    /// The process-wide heap's free when it knows debug mode is off (`global`: the mode and
+    /// the debug flag are read once, at start): the debug branches fold away.
+    ///
+    /// # Safety
+    /// As [`free`](Self::free); debug mode is off.
+    #[inline(always)]
+    pub(crate) unsafe fn free_nodebug(&self, ptr: *mut u8) {
+        debug_assert!(!self.debug);
+        // SAFETY: forwarded contract.
+        unsafe { self.free_as(ptr, F::NO_LOCAL, false) }
+    }
+
+    /// The process-wide heap's allocation when it knows debug mode is off (as
+    /// [`free_nodebug`](Self::free_nodebug)).
+    ///
+    /// # Safety
+    /// As [`alloc`](Self::alloc); debug mode is off.
+    #[inline(always)]
+    pub(crate) unsafe fn alloc_nodebug(&self, layout: Layout) -> *mut u8 {
+        debug_assert!(!self.debug);
+        if self.is_small(layout) {
+            // SAFETY: NO_LOCAL.
+            unsafe { self.small_alloc(size_to_class(layout.size()), F::NO_LOCAL) }
+        } else {
+            large::alloc(layout.size(), layout.align())
+        }
+    }
+
+    /// The fast path of the process-wide heap's `malloc` (debug mode off): a block for a small
+    /// `layout` from the calling thread's own state, or null when it misses (nothing done:
+    /// the caller then takes [`alloc_nodebug`](Self::alloc_nodebug)).
+    #[inline(always)]
+    pub(crate) fn try_alloc_fast(&self, layout: Layout) -> *mut u8 {
+        if cfg!(feature = "asan") || !self.is_small(layout) {
+            return ptr::null_mut();
+        }
+        self.front
+            .alloc_fast(size_to_class(layout.size()), &self.arenas)
+    }
+
+    /// The fast path of the process-wide heap's `free` (debug mode off): true when `ptr` was
+    /// freed, false when it misses (nothing done: the caller then takes
+    /// [`free_nodebug`](Self::free_nodebug), which also makes the checks' reports).
+    ///
+    /// # Safety
+    /// As [`free`](Self::free); debug mode is off.
+    #[inline(always)]
+    pub(crate) unsafe fn try_free_fast(&self, ptr: *mut u8) -> bool {
+        if cfg!(feature = "asan") || self.arenas.map.lookup(ptr as usize).is_none() {
+            return false;
+        }
+        let pool = self.arenas.geo.pool_of(ptr as usize) as *mut PoolHeader;
+        // SAFETY: the map knows ptr, so its arena is mapped and the header readable.
+        match unsafe { PoolHeader::check_block(pool, ptr as usize, &self.arenas.geo) } {
+            // SAFETY: a checked block of a pool in use (refs > 0): live by the contract.
+            Ok((class, refs)) if refs != 0 && (class as usize) < NUM_CLASSES => unsafe {
+                self.front
+                    .free_fast(pool, ptr, class as usize, &self.arenas)
+            },
+            _ => false,
+        }
+    }
+
+    /// # Safety
+    /// As [`free_with`](Self::free_with); `debug` is this heap's flag (or a constant equal to it).
+    #[inline(always)]
+    unsafe fn free_as(&self, ptr: *mut u8, local: F::Local, debug: bool) {
+        // SAFETY: forwarded contract.
+        if let Some((pool, block)) = unsafe { self.checked_block(ptr, debug) } {
             // SAFETY: a checked live block of ours.
             unsafe { self.small_free(pool, block, local) }
         } else if !ptr.is_null() {
@@ -576,6 +642,32 @@ impl Allocator {
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) {
         dispatch!(&self.inner, h => h.front.check_invariants(&h.arenas))
+    }
+
+    /// The GIL-mode heap inside.
+    ///
+    /// # Safety
+    /// The mode is [`Mode::Gil`].
+    #[inline(always)]
+    pub(crate) unsafe fn as_gil_unchecked(&self) -> &Heap<GilHeap> {
+        match &self.inner {
+            Inner::Gil(h) => h,
+            // SAFETY: the contract.
+            Inner::Ft(_) => unsafe { core::hint::unreachable_unchecked() },
+        }
+    }
+
+    /// The free-threaded heap inside.
+    ///
+    /// # Safety
+    /// The mode is [`Mode::FreeThreaded`].
+    #[inline(always)]
+    pub(crate) unsafe fn as_ft_unchecked(&self) -> &Heap<FtHeap> {
+        match &self.inner {
+            Inner::Ft(h) => h,
+            // SAFETY: the contract.
+            Inner::Gil(_) => unsafe { core::hint::unreachable_unchecked() },
+        }
     }
 }
 

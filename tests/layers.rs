@@ -35,21 +35,57 @@ fn module_of(rel: &str) -> (String, bool) {
     }
 }
 
+/// For each byte of `code`, whether it lies inside an inline `mod name { ... }` (where
+/// `super::` names the file's own module, not the parent).
+fn inside_inline_mod(code: &str) -> Vec<bool> {
+    let bytes = code.as_bytes();
+    let mut inside = vec![false; bytes.len()];
+    // One entry per open brace: whether it opened an inline module.
+    let mut stack: Vec<bool> = Vec::new();
+    let mut depth_mods = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'{' => {
+                let head = code[..i].trim_end();
+                let word_start = head.rfind(|c: char| !(c.is_alphanumeric() || c == '_'));
+                let before = head[..word_start.map_or(0, |w| w + 1)].trim_end();
+                let is_mod = word_start.is_some() && before.ends_with("mod");
+                stack.push(is_mod);
+                depth_mods += usize::from(is_mod);
+            }
+            b'}' => {
+                if stack.pop() == Some(true) {
+                    depth_mods -= 1;
+                }
+            }
+            _ => {}
+        }
+        inside[i] = depth_mods > 0;
+    }
+    inside
+}
+
 /// The first segment of every crate-rooted path in `code` (`crate::a::b` gives `a`;
-/// `crate::{a::b, c}` gives `a` and `c`; with `super_is_root`, `super::x` gives `x`).
+/// `crate::{a::b, c}` gives `a` and `c`; with `super_is_root`, `super::x` outside inline
+/// modules gives `x`).
 fn targets(code: &str, super_is_root: bool) -> Vec<String> {
     let mut out = Vec::new();
     let mut prefixes = vec!["crate::"];
     if super_is_root {
         prefixes.push("super::");
     }
+    let inline = inside_inline_mod(code);
     for prefix in prefixes {
         let mut rest = code;
         while let Some(i) = rest.find(prefix) {
             let before = rest[..i].chars().last();
+            let at = code.len() - rest.len() + i;
             rest = &rest[i + prefix.len()..];
             if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
                 continue; // e.g. `$crate::` or `my_crate::`
+            }
+            if prefix == "super::" && inline[at] {
+                continue; // inside an inline module: `super` is in this file
             }
             if let Some(group) = rest.strip_prefix('{') {
                 let mut depth = 1;
@@ -191,6 +227,16 @@ fn the_check_catches_upward_and_sideways_imports() {
     );
     assert_eq!(violations("src/ft/central.rs", "crate::gil::MAX").len(), 1);
     assert_eq!(violations("src/ft/mod.rs", "use super::gil::X;").len(), 1);
+    // `super` inside an inline module of a mod.rs is that file's module, not the root.
+    assert!(violations("src/ft/mod.rs", "mod memo {\n    use super::Memo;\n}").is_empty());
+    assert_eq!(
+        violations(
+            "src/ft/mod.rs",
+            "mod memo {\n    use super::Memo;\n}\nuse super::Allocator;"
+        )
+        .len(),
+        1
+    );
     // Allowed: downward, within a folder, comments.
     assert!(violations(
         "src/ft/thread_cache.rs",

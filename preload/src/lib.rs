@@ -26,8 +26,10 @@ use ftmalloc_core::FtMalloc;
 
 const MIN_ALIGN: usize = 16;
 
+/// Starts this library before the process-wide heap's first use: glibc's internal entry
+/// points become the allocator underneath, and the trace (if asked for) is opened.
 #[inline(always)]
-fn heap() -> &'static ftmalloc_core::Allocator {
+fn ensure_started() {
     static STARTED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
     if !STARTED.load(core::sync::atomic::Ordering::Relaxed) {
         start();
@@ -44,6 +46,12 @@ fn heap() -> &'static ftmalloc_core::Allocator {
             STARTED.store(true, core::sync::atomic::Ordering::Release);
         }
     }
+}
+
+/// The process-wide heap, this library started.
+#[inline(always)]
+fn heap() -> &'static ftmalloc_core::Allocator {
+    ensure_started();
     FtMalloc::instance()
 }
 
@@ -69,8 +77,9 @@ fn alloc_aligned(size: usize, align: usize) -> *mut c_void {
         set_errno(libc::ENOMEM);
         return ptr::null_mut();
     };
-    // SAFETY: a valid layout; zero sizes are allowed by Allocator::alloc.
-    let p = unsafe { heap().alloc(layout) };
+    ensure_started();
+    // A valid layout; zero sizes are allowed by Allocator::alloc.
+    let p = FtMalloc::malloc_general(layout);
     if p.is_null() {
         set_errno(libc::ENOMEM);
     } else if trace::on() {
@@ -85,6 +94,21 @@ fn alloc_aligned(size: usize, align: usize) -> *mut c_void {
 /// C semantics.
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+    // The fast path (it calls nothing, so this function saves no registers on it): the heap
+    // is built (so this library started it), free-threaded, not in debug mode, no trace is
+    // recorded, and the thread's current pool of the class has a block. Anything else takes
+    // the general path, out of line.
+    if !trace::on() {
+        let p = FtMalloc::malloc_fast(size);
+        if !p.is_null() {
+            return p.cast();
+        }
+    }
+    malloc_general(size)
+}
+
+#[inline(never)]
+fn malloc_general(size: usize) -> *mut c_void {
     alloc_aligned(size, MIN_ALIGN)
 }
 
@@ -96,14 +120,30 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
 /// `p` must be null or a live pointer from this library or from glibc's allocator.
 #[no_mangle]
 pub unsafe extern "C" fn free(p: *mut c_void) {
+    // The fast path (see `malloc`): a block of a pool the thread's cache owns, not its last.
+    // SAFETY: per the contract.
+    if !trace::on() && unsafe { FtMalloc::free_fast(p.cast()) } {
+        return;
+    }
+    // SAFETY: per the contract.
+    unsafe { free_general(p) }
+}
+
+/// `free` past the fast path.
+///
+/// # Safety
+/// As `free`.
+#[inline(never)]
+unsafe fn free_general(p: *mut c_void) {
     if p.is_null() {
         return;
     }
     if trace::on() {
         trace::record(trace::FREE, p as usize, 0);
     }
+    ensure_started();
     // SAFETY: per the contract; the arena map routes foreign pointers to glibc.
-    unsafe { heap().free(p.cast()) };
+    unsafe { FtMalloc::free_general(p.cast()) };
 }
 
 /// `calloc(3)`: an overflowing `n * size` gives null and `ENOMEM`.

@@ -29,6 +29,7 @@ pub(crate) use core::sync::atomic::{fence, AtomicPtr, AtomicU64, AtomicUsize, Or
 /// Declares a thread-local: const-initialised `std::thread_local!` normally, `loom::thread_local!`
 /// under loom (which has no const form).
 #[cfg(not(loom))]
+#[allow(unused_macros)] // x86-64 Linux keeps its one hot thread-local in an initial-exec slot
 macro_rules! ft_thread_local {
     (static $name:ident: $t:ty = $e:expr;) => {
         std::thread_local!(static $name: $t = const { $e });
@@ -40,6 +41,7 @@ macro_rules! ft_thread_local {
         loom::thread_local!(static $name: $t = $e);
     };
 }
+#[allow(unused_imports)]
 pub(crate) use ft_thread_local;
 
 /// Reads plain memory that a protocol publishes (see the module docs).

@@ -35,7 +35,6 @@ use crate::layout::pool::PoolHeader;
 use crate::layout::stats::Stats;
 use crate::layout::{Arenas, Front, Mode};
 use central::Central;
-use core::cell::Cell;
 use core::ptr;
 use thread_cache::{remote_count, Cache, CacheSlot, Ctx, DETACHED};
 
@@ -57,14 +56,92 @@ const DEAD: usize = usize::MAX;
 #[cfg(not(loom))]
 const BINDING: usize = usize::MAX - 1;
 
+/// The thread's binding: the heap id it is bound to and its cache there.
 #[derive(Clone, Copy)]
+#[repr(C)]
 struct Memo {
     heap: usize,
     cache: *mut Cache,
 }
 
-crate::base::sync::ft_thread_local! {
-    static MEMO: Cell<Memo> = Cell::new(Memo { heap: 0, cache: ptr::null_mut() });
+/// The memo, one per thread, read on every allocation and free: on x86-64 Linux a TLS slot of
+/// the initial-exec model (`memo_slot`), elsewhere (and under loom and Miri) a `thread_local!`.
+///
+/// Why not `thread_local!` everywhere: in a shared object (the drop-in `libftmalloc.so`, or a
+/// Python extension) Rust gives thread-locals the general-dynamic model, a call to
+/// `__tls_get_addr` of about 11 instructions per access. The initial-exec model reads the slot's
+/// offset from the GOT and adds the thread pointer (`fs:0`): two instructions. Its cost is a
+/// static TLS slot of 16 bytes: a library loaded with `dlopen` takes it from glibc's surplus
+/// (hundreds of bytes), as many system libraries' own initial-exec slots do.
+mod memo {
+    use super::Memo;
+
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(loom), not(miri)))]
+    mod slot {
+        use super::Memo;
+
+        // 16 zero bytes in the thread-local BSS: heap id 0 (no heap has it), no cache. Hidden:
+        // not exported from the shared object.
+        core::arch::global_asm!(
+            ".pushsection .tbss,\"awT\",@nobits",
+            ".p2align 4",
+            ".globl __ftmalloc_memo",
+            ".hidden __ftmalloc_memo",
+            ".type __ftmalloc_memo,@object",
+            ".size __ftmalloc_memo,16",
+            "__ftmalloc_memo:",
+            ".zero 16",
+            ".popsection",
+        );
+
+        /// This thread's memo slot.
+        #[inline(always)]
+        pub(super) fn get() -> *mut Memo {
+            let p: *mut Memo;
+            // SAFETY: the initial-exec sequence: the slot's offset from the thread pointer (a
+            // GOT entry the dynamic linker fills) plus the thread pointer (`fs:0` holds it on
+            // x86-64 Linux). Reads nothing that changes while the thread lives.
+            unsafe {
+                core::arch::asm!(
+                    "mov {p}, qword ptr fs:[0]",
+                    "add {p}, qword ptr [rip + __ftmalloc_memo@GOTTPOFF]",
+                    p = out(reg) p,
+                    options(pure, nomem, nostack),
+                );
+            }
+            p
+        }
+    }
+
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(loom), not(miri))))]
+    mod slot {
+        use super::Memo;
+        use core::cell::Cell;
+
+        crate::base::sync::ft_thread_local! {
+            static MEMO: Cell<Memo> = Cell::new(Memo { heap: 0, cache: core::ptr::null_mut() });
+        }
+
+        /// This thread's memo slot.
+        #[inline(always)]
+        pub(super) fn get() -> *mut Memo {
+            MEMO.with(|m| m.as_ptr())
+        }
+    }
+
+    /// This thread's memo.
+    #[inline(always)]
+    pub(super) fn get() -> Memo {
+        // SAFETY: the slot is this thread's, valid while it lives, and never referenced.
+        unsafe { slot::get().read() }
+    }
+
+    /// Sets this thread's memo.
+    #[inline(always)]
+    pub(super) fn set(m: Memo) {
+        // SAFETY: as in `get`.
+        unsafe { slot::get().write(m) }
+    }
 }
 
 /// The process shell's thread-exit hook (a `fn(usize)`, 0 while none is set): called with the
@@ -82,11 +159,9 @@ pub(crate) fn set_thread_exit_hook(hook: fn(usize)) {
 /// thread take the cache-less path, and the hook abandons its cache of the process-wide heap.
 #[cfg(not(loom))]
 fn thread_exiting(tid: usize) {
-    MEMO.with(|m| {
-        m.set(Memo {
-            heap: DEAD,
-            cache: ptr::null_mut(),
-        })
+    memo::set(Memo {
+        heap: DEAD,
+        cache: ptr::null_mut(),
     });
     let hook = EXIT_HOOK.load(core::sync::atomic::Ordering::Acquire);
     if hook != 0 {
@@ -195,7 +270,7 @@ impl FtHeap {
     /// thread-locals are gone, or no slot is left).
     #[inline(always)]
     pub(crate) fn local_cache(&self) -> *mut Cache {
-        let m = MEMO.with(|m| m.get());
+        let m = memo::get();
         if m.heap == self.id {
             m.cache
         } else {
@@ -245,7 +320,7 @@ impl FtHeap {
     /// The calling thread's cache if it is already bound; never binds (used by frees).
     #[inline(always)]
     pub(crate) fn bound_cache(&self) -> *mut Cache {
-        let m = MEMO.with(|m| m.get());
+        let m = memo::get();
         if m.heap == self.id {
             m.cache
         } else {
@@ -262,20 +337,18 @@ impl FtHeap {
         }
         #[cfg(not(loom))]
         {
-            let prev = MEMO.with(|m| m.get());
+            let prev = memo::get();
             if prev.heap == DEAD || prev.heap == BINDING {
                 return ptr::null_mut();
             }
             // While binding, a nested allocation (from pthread_setspecific) takes the
             // cache-less path instead of recursing.
-            MEMO.with(|m| {
-                m.set(Memo {
-                    heap: BINDING,
-                    cache: ptr::null_mut(),
-                })
+            memo::set(Memo {
+                heap: BINDING,
+                cache: ptr::null_mut(),
             });
             let Some(tid) = registry::current_tid() else {
-                MEMO.with(|m| m.set(prev));
+                memo::set(prev);
                 return ptr::null_mut();
             };
             // SAFETY: tid < MAX_THREADS; only the thread holding tid touches this entry, and
@@ -284,16 +357,14 @@ impl FtHeap {
             if entry.is_null() {
                 *entry = self.acquire_cache(self.process_heap);
                 if entry.is_null() {
-                    MEMO.with(|m| m.set(prev));
+                    memo::set(prev);
                     return ptr::null_mut();
                 }
             }
             let cache = *entry;
-            MEMO.with(|m| {
-                m.set(Memo {
-                    heap: self.id,
-                    cache,
-                })
+            memo::set(Memo {
+                heap: self.id,
+                cache,
             });
             cache
         }
@@ -438,18 +509,45 @@ impl Front for FtHeap {
 
     #[inline(always)]
     unsafe fn alloc(&self, class: usize, cache: *mut Cache, arenas: &Arenas) -> *mut u8 {
-        let cx = self.ctx(arenas);
         let c = if cache.is_null() {
             self.local_cache()
         } else {
             cache
         };
         if c.is_null() {
-            self.alloc_cacheless(class, &cx)
+            self.alloc_cacheless(class, &self.ctx(arenas))
         } else {
             // SAFETY: a bound cache or a handle's cache is used by this thread only.
-            unsafe { (*c).alloc(class, &cx) }
+            unsafe { (*c).alloc_lazy(class, &arenas.geo, || self.ctx(arenas)) }
         }
+    }
+
+    /// The bound cache's current pool of `class`, popped; null on any miss (no bound cache,
+    /// no current pool, or an empty one).
+    #[inline(always)]
+    fn alloc_fast(&self, class: usize, arenas: &Arenas) -> *mut u8 {
+        let c = self.bound_cache();
+        if c.is_null() {
+            return ptr::null_mut();
+        }
+        // SAFETY: a bound cache is used by the calling thread only.
+        unsafe { (*c).alloc_fast(class, &arenas.geo) }
+    }
+
+    /// A free into a pool the bound cache owns, when that is cheap (`Cache::free_fast`); false
+    /// on any miss.
+    #[inline(always)]
+    unsafe fn free_fast(
+        &self,
+        pool: *mut PoolHeader,
+        block: *mut u8,
+        class: usize,
+        _arenas: &Arenas,
+    ) -> bool {
+        let c = self.bound_cache();
+        // SAFETY: a bound cache is used by the calling thread only; block is a live block of
+        // pool of `class` (the trait's contract), which the cache owns when `owns` says so.
+        unsafe { !c.is_null() && (*c).owns(pool) && (*c).free_fast(pool, block, class) }
     }
 
     #[inline(always)]
@@ -460,7 +558,6 @@ impl Front for FtHeap {
         cache: *mut Cache,
         arenas: &Arenas,
     ) {
-        let cx = self.ctx(arenas);
         let c = if cache.is_null() {
             self.bound_cache()
         } else {
@@ -469,9 +566,9 @@ impl Front for FtHeap {
         // SAFETY: the trait's contract; a non-null cache is the caller's own.
         unsafe {
             if !c.is_null() && (*c).owns(pool) {
-                (*c).free_local(pool, block, &cx);
+                (*c).free_local(pool, block, || self.ctx(arenas));
             } else {
-                self.free_remote(pool, block, c, &cx);
+                self.free_remote(pool, block, c, &self.ctx(arenas));
             }
         }
     }

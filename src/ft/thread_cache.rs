@@ -203,6 +203,7 @@ impl CacheSlot {
 }
 
 /// What a cache needs from its heap.
+#[derive(Clone, Copy)]
 pub(crate) struct Ctx<'a> {
     pub(crate) geo: &'a Geometry,
     pub(crate) central: &'a Central,
@@ -244,15 +245,69 @@ impl Cache {
     /// A block of `class`, or null when memory is exhausted. The fast path (protocol 1).
     #[inline(always)]
     pub(crate) fn alloc(&mut self, class: usize, cx: &Ctx<'_>) -> *mut u8 {
+        self.alloc_lazy(class, cx.geo, || *cx)
+    }
+
+    /// The fast path alone: a block from the current pool of `class`, or null (nothing done).
+    #[inline(always)]
+    pub(crate) fn alloc_fast(&mut self, class: usize, geo: &Geometry) -> *mut u8 {
+        debug_assert!(class < NUM_CLASSES);
+        // SAFETY: class < NUM_CLASSES (a small request's class).
+        let pool = unsafe { self.classes.get_unchecked(class) }.current;
+        if pool.is_null() {
+            return pool.cast();
+        }
+        // SAFETY: `current` is owned by this cache and prepared for `class`.
+        unsafe { PoolHeader::pop(pool, geo) }
+    }
+
+    /// A free into an owned pool of `class`, as [`free_local`](Self::free_local) does it when
+    /// that is cheap: the pool keeps a block in use, or it is the class's current pool (which
+    /// stays, empty) and no housekeeping is due. False (nothing done) otherwise.
+    ///
+    /// # Safety
+    /// As [`free_local`](Self::free_local); `class` is the pool's class.
+    #[inline(always)]
+    pub(crate) unsafe fn free_fast(
+        &mut self,
+        pool: *mut PoolHeader,
+        block: *mut u8,
+        class: usize,
+    ) -> bool {
+        // SAFETY: per the contract we own the pool and the block; class < NUM_CLASSES.
+        unsafe {
+            if PoolHeader::refs(pool) <= 1 {
+                // The last block: `pool_emptied`'s cheap case only.
+                if self.classes.get_unchecked(class).current != pool
+                    || self.ticks + 1 >= SWEEP_EVERY
+                {
+                    return false;
+                }
+                self.ticks += 1;
+            }
+            PoolHeader::push(pool, block);
+        }
+        true
+    }
+
+    /// [`alloc`](Self::alloc) with the heap's context built only on the slow path (`cx`), so
+    /// the fast path keeps it in no memory.
+    #[inline(always)]
+    pub(crate) fn alloc_lazy<'a>(
+        &mut self,
+        class: usize,
+        geo: &Geometry,
+        cx: impl FnOnce() -> Ctx<'a>,
+    ) -> *mut u8 {
         let pool = self.classes[class].current;
         if !pool.is_null() {
             // SAFETY: `current` is owned by this cache and prepared for `class`.
-            let b = unsafe { PoolHeader::pop(pool, cx.geo) };
+            let b = unsafe { PoolHeader::pop(pool, geo) };
             if !b.is_null() {
                 return b;
             }
         }
-        self.alloc_slow(class, cx)
+        self.alloc_slow(class, &cx())
     }
 
     #[cold]
@@ -330,22 +385,23 @@ impl Cache {
         unsafe { (*pool).shared.owner.load(Ordering::Relaxed) == self.token() }
     }
 
-    /// Frees a block of a pool this cache owns (protocols 1 and 7).
+    /// Frees a block of a pool this cache owns (protocols 1 and 7). The heap's context is built
+    /// only when the pool empties (`cx`), so the fast path keeps it in no memory.
     ///
     /// # Safety
     /// `block` must be a live block of `pool`, and `self.owns(pool)`.
     #[inline(always)]
-    pub(crate) unsafe fn free_local(
+    pub(crate) unsafe fn free_local<'a>(
         &mut self,
         pool: *mut PoolHeader,
         block: *mut u8,
-        cx: &Ctx<'_>,
+        cx: impl FnOnce() -> Ctx<'a>,
     ) {
         // SAFETY: per the contract we own the pool and the block.
         unsafe {
             PoolHeader::push(pool, block);
             if PoolHeader::refs(pool) == 0 {
-                self.pool_emptied(pool, cx);
+                self.pool_emptied(pool, &cx());
             }
         }
     }

@@ -30,6 +30,8 @@ pub(crate) struct ArenaMap {
     root: *mut AtomicPtr<AtomicUsize>,
     arena_shift: u32,
     leaf_bits: u32,
+    /// `(1 << leaf_bits) - 1`, kept so a lookup does not rebuild it.
+    leaf_mask: usize,
     root_len: usize,
 }
 
@@ -55,6 +57,7 @@ impl ArenaMap {
             root,
             arena_shift,
             leaf_bits,
+            leaf_mask: (1 << leaf_bits) - 1,
             root_len,
         })
     }
@@ -65,7 +68,7 @@ impl ArenaMap {
             return None;
         }
         let key = addr >> self.arena_shift;
-        Some((key >> self.leaf_bits, key & ((1 << self.leaf_bits) - 1)))
+        Some((key >> self.leaf_bits, key & self.leaf_mask))
     }
 
     /// The descriptor index of the arena containing `addr`, if it is one of ours.

@@ -108,6 +108,31 @@ pub(crate) trait Front: Sized {
         arenas: &Arenas,
     );
 
+    /// The calling thread's own fast path of `alloc`: a block of `class`, or null when it
+    /// misses (nothing done; the caller then takes `alloc`). It calls nothing, so the code it
+    /// is inlined into needs no saved registers.
+    #[inline(always)]
+    fn alloc_fast(&self, _class: usize, _arenas: &Arenas) -> *mut u8 {
+        core::ptr::null_mut()
+    }
+
+    /// The calling thread's own fast path of `free` for `block`, a live block of `pool`, whose
+    /// size class is `class`: true when done, false when it misses (nothing done; the caller
+    /// then takes `free`).
+    ///
+    /// # Safety
+    /// As `free`; `class` is the pool's class (below `NUM_CLASSES`).
+    #[inline(always)]
+    unsafe fn free_fast(
+        &self,
+        _pool: *mut PoolHeader,
+        _block: *mut u8,
+        _class: usize,
+        _arenas: &Arenas,
+    ) -> bool {
+        false
+    }
+
     /// Fills the per-class rows and counters of `stats`.
     fn fill_stats(&self, stats: &mut Stats, arenas: &Arenas);
 

@@ -375,7 +375,7 @@ impl PoolHeader {
     /// a pool in use. Reads only the header's atomic fields, each through its own projection,
     /// so it may run while other threads use the pool, on any address inside a mapped arena.
     /// `Ok((class, refs))` (the pool's size class and block reference count; a `refs` of 0
-    /// means no block of the pool is live), or `Err((class, what))` naming the failed check.
+    /// means no block of the pool is live), or `Err((class, why))` naming the failed check.
     ///
     /// The block-start test is one subtraction, one compare against the carve mark and a
     /// multiple-of-class test without division ([`is_multiple_of_class`]).
@@ -387,7 +387,7 @@ impl PoolHeader {
         pool: *const PoolHeader,
         block: usize,
         geo: &Geometry,
-    ) -> Result<(u32, u32), (u32, &'static str)> {
+    ) -> Result<(u32, u32), (u32, Bad)> {
         // SAFETY: the header is readable (the contract); atomic fields only.
         let (refs, class, next) = unsafe {
             (
@@ -398,11 +398,11 @@ impl PoolHeader {
         };
         // A header never written reads as zeros (fresh mapping): no carve mark.
         if class == NO_CLASS || (next as usize) < geo.pool_overhead {
-            return Err((class, "the pool it points into is not in use"));
+            return Err((class, Bad::PoolNotInUse));
         }
         let off = block.wrapping_sub(pool as usize + geo.pool_overhead);
         if off >= next as usize - geo.pool_overhead || !is_multiple_of_class(off, class as usize) {
-            return Err((class, "not the start of a block"));
+            return Err((class, Bad::NotBlockStart));
         }
         Ok((class, refs))
     }
@@ -433,6 +433,27 @@ impl Links for PoolHeader {
     }
 }
 
+/// Why a pointer inside our arenas is refused (a byte: the fast path passes it to the cold
+/// report without materialising a string).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Bad {
+    /// The pool is not serving blocks (no class, no carve mark, or no live block).
+    PoolNotInUse,
+    /// The pointer is not the start of a carved block.
+    NotBlockStart,
+}
+
+impl Bad {
+    /// The reason in messages.
+    fn text(self) -> &'static str {
+        match self {
+            Bad::PoolNotInUse => "the pool it points into is not in use",
+            Bad::NotBlockStart => "not the start of a block",
+        }
+    }
+}
+
 /// What a pointer was handed to, for the messages that name a bad pointer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Op {
@@ -456,13 +477,7 @@ impl Op {
 /// (allocates nothing): `ftmalloc: invalid free of 0x…: what (pool 0x…, size class N = S bytes)`.
 #[cold]
 #[inline(never)]
-pub(crate) fn invalid_pointer(
-    op: Op,
-    ptr: usize,
-    pool: usize,
-    class: u32,
-    what: &'static str,
-) -> ! {
+pub(crate) fn invalid_pointer(op: Op, ptr: usize, pool: usize, class: u32, why: Bad) -> ! {
     struct Msg(Op, usize, usize, u32, &'static str);
     impl fmt::Display for Msg {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -486,24 +501,24 @@ pub(crate) fn invalid_pointer(
             }
         }
     }
-    crate::base::diag::die_fmt(Msg(op, ptr, pool, class, what))
+    crate::base::diag::die_fmt(Msg(op, ptr, pool, class, why.text()))
 }
 
 /// [`invalid_pointer`] for `free`: the call on the free path keeps four arguments, so the
 /// inlined checks cost no extra register.
 #[cold]
 #[inline(never)]
-pub(crate) fn invalid_free(ptr: usize, pool: usize, class: u32, what: &'static str) -> ! {
-    invalid_pointer(Op::Free, ptr, pool, class, what)
+pub(crate) fn invalid_free(ptr: usize, pool: usize, class: u32, why: Bad) -> ! {
+    invalid_pointer(Op::Free, ptr, pool, class, why)
 }
 
 /// Aborts on an invalid pointer handed to `op` (see [`invalid_pointer`]); `op` is a constant
 /// where this is inlined, so the match folds away.
 #[inline(always)]
-pub(crate) fn reject(op: Op, ptr: usize, pool: usize, class: u32, what: &'static str) -> ! {
+pub(crate) fn reject(op: Op, ptr: usize, pool: usize, class: u32, why: Bad) -> ! {
     match op {
-        Op::Free => invalid_free(ptr, pool, class, what),
-        _ => invalid_pointer(op, ptr, pool, class, what),
+        Op::Free => invalid_free(ptr, pool, class, why),
+        _ => invalid_pointer(op, ptr, pool, class, why),
     }
 }
 
@@ -543,7 +558,7 @@ mod tests {
             assert_eq!(blocks[1] as usize - blocks[0] as usize, 64);
             assert_eq!(
                 PoolHeader::check_block(pool, blocks[0] as usize + 8, &geo),
-                Err((PoolHeader::class(pool), "not the start of a block"))
+                Err((PoolHeader::class(pool), Bad::NotBlockStart))
             );
             assert!(PoolHeader::check_block(pool, mem as usize, &geo).is_err());
             let last = blocks.pop().unwrap();

@@ -42,13 +42,18 @@ const RECIPROCALS: [u64; NUM_CLASSES] = {
 /// least `1 / s >= 2^-9`).
 #[inline(always)]
 pub(crate) fn is_multiple_of_class(off: usize, class: usize) -> bool {
-    let q = ((off as u64 & (OFFSET_LIMIT - 1)) * RECIPROCALS[class]) >> 32;
+    // The index is masked (a class read from a corrupt header may be anything): no bounds
+    // check on the free path, and a wrong reciprocal only fails the comparison.
+    let q = ((off as u64 & (OFFSET_LIMIT - 1)) * RECIPROCALS[class & (NUM_CLASSES - 1)]) >> 32;
     (off as u64) < OFFSET_LIMIT && q * class_size(class) as u64 == off as u64
 }
 
 /// Offsets [`is_multiple_of_class`] answers for: below 2^16 (pools are at most 64 KiB,
 /// `geometry::MAX_POOL_SHIFT`, which asserts this bound).
 const OFFSET_LIMIT: u64 = 1 << 16;
+
+// The reciprocal index is masked with NUM_CLASSES - 1.
+const _: () = assert!(NUM_CLASSES.is_power_of_two());
 
 #[cfg(test)]
 mod tests {
