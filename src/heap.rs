@@ -635,6 +635,7 @@ impl Allocator {
 
     /// Thread `tid` is exiting (the process-wide heap's thread-exit hook, see
     /// [`set_thread_exit_hook`]).
+    #[cfg(not(loom))]
     pub(crate) fn thread_exit(&self, tid: usize) {
         dispatch!(&self.inner, h => h.front.thread_exit(tid, &h.arenas))
     }

@@ -54,9 +54,8 @@ fn inside_inline_mod(code: &str) -> Vec<bool> {
                 depth_mods += usize::from(is_mod);
             }
             b'}' => {
-                if stack.pop() == Some(true) {
-                    depth_mods -= 1;
-                }
+                let was_mod = stack.pop() == Some(true);
+                depth_mods -= usize::from(was_mod);
             }
             _ => {}
         }

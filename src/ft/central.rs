@@ -84,7 +84,7 @@
 use crate::base::sync::{fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use crate::base::{os, stack};
 use crate::layout::arena_map::ArenaMap;
-use crate::layout::geometry::{self, Geometry, MAX_POOLS_PER_ARENA};
+use crate::layout::geometry::{Geometry, MAX_POOLS_PER_ARENA};
 use crate::layout::pool::PoolHeader;
 use crate::layout::size_class::NUM_CLASSES;
 use crate::layout::stats::ArenaCounters;
@@ -97,7 +97,7 @@ const DYING: usize = 2;
 
 /// Descriptor slots in the table. Under loom the table is tiny and explicitly initialised.
 #[cfg(not(loom))]
-pub(crate) const MAX_ARENAS: usize = geometry::MAX_ARENAS;
+pub(crate) const MAX_ARENAS: usize = crate::layout::geometry::MAX_ARENAS;
 #[cfg(loom)]
 pub(crate) const MAX_ARENAS: usize = 4;
 

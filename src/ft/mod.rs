@@ -138,6 +138,7 @@ mod memo {
 
     /// Sets this thread's memo.
     #[inline(always)]
+    #[cfg_attr(loom, allow(dead_code))]
     pub(super) fn set(m: Memo) {
         // SAFETY: as in `get`.
         unsafe { slot::get().write(m) }
@@ -405,6 +406,7 @@ impl FtHeap {
     }
 
     /// Abandons the cache bound to `tid`, if any (thread exit of the process-wide heap).
+    #[cfg_attr(loom, allow(dead_code))]
     fn abandon_tid(&self, tid: usize, cx: &Ctx<'_>) {
         // SAFETY: tid < MAX_THREADS and is held by the exiting thread.
         let entry = unsafe { &mut *self.by_tid.add(tid) };

@@ -177,6 +177,7 @@ pub(crate) trait Front: Sized {
     fn fork_child(&self, arenas: &Arenas);
 
     /// Thread `tid` of the process-wide heap is exiting (free-threaded thread-exit hook).
+    #[cfg_attr(loom, allow(dead_code))]
     fn thread_exit(&self, tid: usize, arenas: &Arenas);
 
     /// Unmaps everything (the heap is being dropped).
