@@ -60,11 +60,23 @@ impl FtMalloc {
     #[inline(always)]
     pub fn instance() -> &'static Allocator {
         if STATE.load(Ordering::Acquire) >= READY {
-            // SAFETY: READY and READY_FT are stored (release) only after the instance was
-            // written.
+            // SAFETY: every READY state is stored (release) only after the instance was written.
             unsafe { (*INSTANCE.0.get()).assume_init_ref() }
         } else {
             init_slow()
+        }
+    }
+
+    /// The process-wide heap's free-threaded heap, when it is built in that mode without debug
+    /// mode: one load and one compare.
+    #[inline(always)]
+    fn fast_ft() -> Option<&'static Heap<FtHeap>> {
+        if STATE.load(Ordering::Acquire) == READY_FT {
+            // SAFETY: READY_FT is stored (release) only after a free-threaded instance was
+            // written, and the instance never changes.
+            Some(unsafe { (*INSTANCE.0.get()).assume_init_ref().as_ft_unchecked() })
+        } else {
+            None
         }
     }
 
@@ -76,8 +88,7 @@ impl FtMalloc {
         let s = STATE.load(Ordering::Acquire);
         // The free-threaded test first: it is the design under study, and the default.
         if s == READY_FT {
-            // SAFETY: READY_FT is stored (release) only after a free-threaded instance was
-            // written, and the instance never changes.
+            // SAFETY: as in `fast_ft`.
             Fast::Ft(unsafe { (*INSTANCE.0.get()).assume_init_ref().as_ft_unchecked() })
         } else if s == READY_GIL {
             // SAFETY: as above, for GIL mode.
@@ -94,14 +105,11 @@ impl FtMalloc {
     #[doc(hidden)]
     #[inline(always)]
     pub fn malloc_fast(size: usize) -> *mut u8 {
-        if STATE.load(Ordering::Acquire) != READY_FT {
-            return core::ptr::null_mut();
+        match FtMalloc::fast_ft() {
+            // SAFETY: alignment 16; `try_alloc_fast` serves only 1 <= size <= small limit.
+            Some(h) => h.try_alloc_fast(unsafe { Layout::from_size_align_unchecked(size, 16) }),
+            None => core::ptr::null_mut(),
         }
-        // SAFETY: READY_FT is stored (release) only after a free-threaded instance was
-        // written, and the instance never changes.
-        let h = unsafe { (*INSTANCE.0.get()).assume_init_ref().as_ft_unchecked() };
-        // SAFETY: alignment 16; `try_alloc_fast` serves only 1 <= size <= small limit.
-        h.try_alloc_fast(unsafe { Layout::from_size_align_unchecked(size, 16) })
     }
 
     /// C `free` on the fast path, for the drop-in library: true when `ptr` was freed, false
@@ -112,17 +120,15 @@ impl FtMalloc {
     #[doc(hidden)]
     #[inline(always)]
     pub unsafe fn free_fast(ptr: *mut u8) -> bool {
-        if STATE.load(Ordering::Acquire) != READY_FT {
-            return false;
+        match FtMalloc::fast_ft() {
+            // SAFETY: the contract; debug mode is off (READY_FT).
+            Some(h) => unsafe { h.try_free_fast(ptr) },
+            None => false,
         }
-        // SAFETY: as in `malloc_fast`.
-        let h = unsafe { (*INSTANCE.0.get()).assume_init_ref().as_ft_unchecked() };
-        // SAFETY: the contract; debug mode is off (READY_FT).
-        unsafe { h.try_free_fast(ptr) }
     }
 
-    /// C `malloc` on the process-wide heap past the fast path: the general path of the mode
-    /// (GIL mode's fast path included), null when memory is exhausted.
+    /// C `malloc` on the process-wide heap past the fast path: the mode's general path (in GIL
+    /// mode the lock and pymalloc's algorithms, monomorphic), null when memory is exhausted.
     #[doc(hidden)]
     #[inline(never)]
     pub fn malloc_general(layout: Layout) -> *mut u8 {

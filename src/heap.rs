@@ -187,6 +187,17 @@ impl<F: Front> Heap<F> {
             // SAFETY: forwarded contract.
             return unsafe { self.debug_alloc(layout, local, false) };
         }
+        // SAFETY: forwarded contract; debug mode is off.
+        unsafe { self.alloc_plain(layout, local) }
+    }
+
+    /// Allocation outside debug mode: a pool block for a small `layout`, else the allocator
+    /// underneath.
+    ///
+    /// # Safety
+    /// As [`alloc_with`](Self::alloc_with); debug mode is off.
+    #[inline(always)]
+    unsafe fn alloc_plain(&self, layout: Layout, local: F::Local) -> *mut u8 {
         if self.is_small(layout) {
             // SAFETY: `local` is NO_LOCAL or the handle's own (the contract).
             unsafe { self.small_alloc(size_to_class(layout.size()), local) }
@@ -280,12 +291,8 @@ impl<F: Front> Heap<F> {
     #[inline(always)]
     pub(crate) unsafe fn alloc_nodebug(&self, layout: Layout) -> *mut u8 {
         debug_assert!(!self.debug);
-        if self.is_small(layout) {
-            // SAFETY: NO_LOCAL.
-            unsafe { self.small_alloc(size_to_class(layout.size()), F::NO_LOCAL) }
-        } else {
-            large::alloc(layout.size(), layout.align())
-        }
+        // SAFETY: forwarded contract; NO_LOCAL.
+        unsafe { self.alloc_plain(layout, F::NO_LOCAL) }
     }
 
     /// The fast path of the process-wide heap's `malloc` (debug mode off): a block for a small
