@@ -11,7 +11,7 @@ use crate::base::env;
 use crate::ft::FtHeap;
 use crate::gil::GilHeap;
 use crate::heap::{Allocator, Heap};
-use crate::layout::config::Config;
+use crate::layout::config::{Config, PYMALLOC_GEOMETRY};
 use crate::layout::stats::Stats;
 use crate::layout::Mode;
 use core::alloc::{GlobalAlloc, Layout};
@@ -38,8 +38,8 @@ const UNINIT: u8 = 0;
 const BUSY: u8 = 1;
 /// Built; any mode.
 const READY: u8 = 2;
-/// Built, free-threaded, debug mode off: the fast path's one check selects the monomorphic
-/// free-threaded heap (mode and debug flag are read once, at start).
+/// Built, free-threaded, debug mode off, pymalloc's geometry: the fast path's one check selects
+/// the monomorphic free-threaded heap (mode and debug flag are read once, at start).
 const READY_FT: u8 = 3;
 /// Built, GIL mode, debug mode off: the second check of the fast path.
 const READY_GIL: u8 = 4;
@@ -106,8 +106,9 @@ impl FtMalloc {
     #[inline(always)]
     pub fn malloc_fast(size: usize) -> *mut u8 {
         match FtMalloc::fast_ft() {
-            // SAFETY: alignment 16; `try_alloc_fast` serves only 1 <= size <= small limit.
-            Some(h) => h.try_alloc_fast(unsafe { Layout::from_size_align_unchecked(size, 16) }),
+            // SAFETY: alignment 16, and `try_alloc_fast` serves only 1 <= size <= small limit;
+            // READY_FT promises pymalloc's geometry.
+            Some(h) => unsafe { h.try_alloc_fast(Layout::from_size_align_unchecked(size, 16)) },
             None => core::ptr::null_mut(),
         }
     }
@@ -121,7 +122,7 @@ impl FtMalloc {
     #[inline(always)]
     pub unsafe fn free_fast(ptr: *mut u8) -> bool {
         match FtMalloc::fast_ft() {
-            // SAFETY: the contract; debug mode is off (READY_FT).
+            // SAFETY: the contract; debug mode is off and the geometry pymalloc's (READY_FT).
             Some(h) => unsafe { h.try_free_fast(ptr) },
             None => false,
         }
@@ -197,9 +198,11 @@ fn init_slow() -> &'static Allocator {
             Err(e) => die_fmt(e),
         };
         heap.set_process_heap();
+        // The fast states promise pymalloc's geometry too (`Heap::try_alloc_fast`).
+        let pymalloc = *heap.geometry() == PYMALLOC_GEOMETRY;
         // SAFETY: we won the UNINIT -> BUSY race, so nobody else reads or writes the cell.
         unsafe { (*INSTANCE.0.get()).write(heap) };
-        let ready = match (mode, debug) {
+        let ready = match (mode, debug || !pymalloc) {
             (Mode::FreeThreaded, false) => READY_FT,
             (Mode::Gil, false) => READY_GIL,
             (_, true) => READY,

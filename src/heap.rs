@@ -14,10 +14,10 @@ use crate::base::{asan, diag};
 use crate::ft::FtHeap;
 use crate::gil::GilHeap;
 use crate::layout::arena_map::ArenaMap;
-use crate::layout::config::{Config, ConfigError};
+use crate::layout::config::{Config, ConfigError, PYMALLOC_GEOMETRY};
 use crate::layout::geometry::Geometry;
 use crate::layout::pool::{invalid_free, invalid_pointer, reject, Bad, Op, PoolHeader};
-use crate::layout::size_class::{class_size, size_to_class, ALIGNMENT, NUM_CLASSES};
+use crate::layout::size_class::{class_size, size_to_class, ALIGNMENT};
 use crate::layout::stats::Stats;
 use crate::layout::{debug, large, Arenas, Front, Mode};
 use core::alloc::Layout;
@@ -295,16 +295,31 @@ impl<F: Front> Heap<F> {
         unsafe { self.alloc_plain(layout, F::NO_LOCAL) }
     }
 
-    /// The fast path of the process-wide heap's `malloc` (debug mode off): a block for a small
+    /// The fast path of the process-wide heap's `malloc` (debug mode off, pymalloc's geometry): a block for a small
     /// `layout` from the calling thread's own state, or null when it misses (nothing done:
     /// the caller then takes [`alloc_nodebug`](Self::alloc_nodebug)).
+    ///
+    /// # Safety
+    /// The heap's geometry is pymalloc's (`PYMALLOC_GEOMETRY`).
     #[inline(always)]
-    pub(crate) fn try_alloc_fast(&self, layout: Layout) -> *mut u8 {
-        if cfg!(feature = "asan") || !self.is_small(layout) {
+    pub(crate) unsafe fn try_alloc_fast(&self, layout: Layout) -> *mut u8 {
+        let geo = self.fast_geometry();
+        if cfg!(feature = "asan")
+            || layout.size().wrapping_sub(1) >= geo.small_limit
+            || layout.align() > ALIGNMENT
+        {
             return ptr::null_mut();
         }
-        self.front
-            .alloc_fast(size_to_class(layout.size()), &self.arenas)
+        self.front.alloc_fast(size_to_class(layout.size()), geo)
+    }
+
+    /// The geometry for the fast paths: the process-wide heap's is always pymalloc's, a
+    /// constant, so inlined fast paths see its sizes and shifts as immediates (their callers
+    /// guarantee it: the `# Safety` of `try_alloc_fast` and `try_free_fast`).
+    #[inline(always)]
+    fn fast_geometry(&self) -> &'static Geometry {
+        debug_assert_eq!(self.arenas.geo, PYMALLOC_GEOMETRY);
+        &PYMALLOC_GEOMETRY
     }
 
     /// The fast path of the process-wide heap's `free` (debug mode off): true when `ptr` was
@@ -312,19 +327,26 @@ impl<F: Front> Heap<F> {
     /// [`free_nodebug`](Self::free_nodebug), which also makes the checks' reports).
     ///
     /// # Safety
-    /// As [`free`](Self::free); debug mode is off.
+    /// As [`free`](Self::free); debug mode is off; the heap's geometry is pymalloc's
+    /// (`PYMALLOC_GEOMETRY`).
     #[inline(always)]
     pub(crate) unsafe fn try_free_fast(&self, ptr: *mut u8) -> bool {
-        if cfg!(feature = "asan") || self.arenas.map.lookup(ptr as usize).is_none() {
+        let geo = self.fast_geometry();
+        // SAFETY: the map was built for this geometry's arenas (`fast_geometry`).
+        let known = unsafe {
+            self.arenas
+                .map
+                .lookup_for_shift(ptr as usize, geo.arena_shift)
+        };
+        if cfg!(feature = "asan") || known.is_none() {
             return false;
         }
-        let pool = self.arenas.geo.pool_of(ptr as usize) as *mut PoolHeader;
+        let pool = geo.pool_of(ptr as usize) as *mut PoolHeader;
         // SAFETY: the map knows ptr, so its arena is mapped and the header readable.
-        match unsafe { PoolHeader::check_block(pool, ptr as usize, &self.arenas.geo) } {
+        match unsafe { PoolHeader::check_block(pool, ptr as usize, geo) } {
             // SAFETY: a checked block of a pool in use (refs > 0): live by the contract.
-            Ok((class, refs)) if refs != 0 && (class as usize) < NUM_CLASSES => unsafe {
-                self.front
-                    .free_fast(pool, ptr, class as usize, &self.arenas)
+            Ok((class, refs)) if refs != 0 => unsafe {
+                self.front.free_fast(pool, ptr, class as usize)
             },
             _ => false,
         }

@@ -527,25 +527,19 @@ impl Front for FtHeap {
     /// The bound cache's current pool of `class`, popped; null on any miss (no bound cache,
     /// no current pool, or an empty one).
     #[inline(always)]
-    fn alloc_fast(&self, class: usize, arenas: &Arenas) -> *mut u8 {
+    fn alloc_fast(&self, class: usize, geo: &Geometry) -> *mut u8 {
         let c = self.bound_cache();
         if c.is_null() {
             return ptr::null_mut();
         }
         // SAFETY: a bound cache is used by the calling thread only.
-        unsafe { (*c).alloc_fast(class, &arenas.geo) }
+        unsafe { (*c).alloc_fast(class, geo) }
     }
 
     /// A free into a pool the bound cache owns, when that is cheap (`Cache::free_fast`); false
     /// on any miss.
     #[inline(always)]
-    unsafe fn free_fast(
-        &self,
-        pool: *mut PoolHeader,
-        block: *mut u8,
-        class: usize,
-        _arenas: &Arenas,
-    ) -> bool {
+    unsafe fn free_fast(&self, pool: *mut PoolHeader, block: *mut u8, class: usize) -> bool {
         let c = self.bound_cache();
         // SAFETY: a bound cache is used by the calling thread only; block is a live block of
         // pool of `class` (the trait's contract), which the cache owns when `owns` says so.

@@ -75,6 +75,32 @@ impl ArenaMap {
     #[inline(always)]
     pub(crate) fn lookup(&self, addr: usize) -> Option<usize> {
         let (hi, lo) = self.split(addr)?;
+        // SAFETY: `split` of this map.
+        unsafe { self.lookup_split(hi, lo) }
+    }
+
+    /// [`lookup`](Self::lookup) for a map known to be built for arenas of `1 << arena_shift`
+    /// bytes, with `arena_shift` a constant where it is inlined: the split takes no load.
+    ///
+    /// # Safety
+    /// The map was built with `ArenaMap::new(arena_shift)`.
+    #[inline(always)]
+    pub(crate) unsafe fn lookup_for_shift(&self, addr: usize, arena_shift: u32) -> Option<usize> {
+        debug_assert_eq!(arena_shift, self.arena_shift);
+        if addr >> ADDRESS_BITS != 0 {
+            return None;
+        }
+        let key_bits = ADDRESS_BITS - arena_shift;
+        let leaf_bits = key_bits - key_bits / 2;
+        let key = addr >> arena_shift;
+        // SAFETY: the same split as `new` and `split` make for this shift (the contract).
+        unsafe { self.lookup_split(key >> leaf_bits, key & ((1 << leaf_bits) - 1)) }
+    }
+
+    /// # Safety
+    /// `(hi, lo)` is this map's split of an address below `2^ADDRESS_BITS`.
+    #[inline(always)]
+    unsafe fn lookup_split(&self, hi: usize, lo: usize) -> Option<usize> {
         // SAFETY: hi < root_len because addr < 2^ADDRESS_BITS; the root mapping lives as long as self.
         let leaf = unsafe { (*self.root.add(hi)).load(Ordering::Acquire) };
         if leaf.is_null() {

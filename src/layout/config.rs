@@ -141,6 +141,30 @@ impl Config {
     }
 }
 
+/// [`Config::PYMALLOC`]'s geometry as a constant (the process-wide heap's: its fast paths use
+/// it, so its sizes and shifts are immediates; `tests::pymalloc_geometry` checks it equals
+/// what [`Config::geometry`] derives).
+pub(crate) const PYMALLOC_GEOMETRY: Geometry = {
+    let pool_size = 1 << PYMALLOC_POOL_SHIFT;
+    let room = (pool_size - pool::OVERHEAD) / 2;
+    let small = room / ALIGNMENT * ALIGNMENT;
+    let small_limit = if small < MAX_SMALL_REQUEST {
+        small
+    } else {
+        MAX_SMALL_REQUEST
+    };
+    Geometry {
+        pool_size,
+        pool_shift: PYMALLOC_POOL_SHIFT,
+        arena_size: 1 << PYMALLOC_ARENA_SHIFT,
+        arena_shift: PYMALLOC_ARENA_SHIFT,
+        pools_per_arena: 1 << (PYMALLOC_ARENA_SHIFT - PYMALLOC_POOL_SHIFT),
+        pool_overhead: pool::OVERHEAD,
+        small_limit,
+        num_classes: small_limit / ALIGNMENT,
+    }
+};
+
 impl Default for Config {
     fn default() -> Self {
         Config::PYMALLOC
@@ -154,6 +178,7 @@ mod tests {
     #[test]
     fn pymalloc_geometry() {
         let g = Config::PYMALLOC.geometry().unwrap();
+        assert_eq!(g, PYMALLOC_GEOMETRY);
         assert_eq!(g.pools_per_arena, 64);
         assert_eq!(g.small_limit, 512);
         assert_eq!(g.num_classes, 32);

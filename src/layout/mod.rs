@@ -110,9 +110,10 @@ pub(crate) trait Front: Sized {
 
     /// The calling thread's own fast path of `alloc`: a block of `class`, or null when it
     /// misses (nothing done; the caller then takes `alloc`). It calls nothing, so the code it
-    /// is inlined into needs no saved registers.
+    /// is inlined into needs no saved registers. `geo` is the heap's geometry (a constant
+    /// where the caller knows it).
     #[inline(always)]
-    fn alloc_fast(&self, _class: usize, _arenas: &Arenas) -> *mut u8 {
+    fn alloc_fast(&self, _class: usize, _geo: &Geometry) -> *mut u8 {
         core::ptr::null_mut()
     }
 
@@ -123,13 +124,7 @@ pub(crate) trait Front: Sized {
     /// # Safety
     /// As `free`; `class` is the pool's class (below `NUM_CLASSES`).
     #[inline(always)]
-    unsafe fn free_fast(
-        &self,
-        _pool: *mut PoolHeader,
-        _block: *mut u8,
-        _class: usize,
-        _arenas: &Arenas,
-    ) -> bool {
+    unsafe fn free_fast(&self, _pool: *mut PoolHeader, _block: *mut u8, _class: usize) -> bool {
         false
     }
 

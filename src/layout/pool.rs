@@ -20,7 +20,7 @@
 use crate::base::list::Links;
 use crate::base::sync::{AtomicPtr, AtomicUsize};
 use crate::layout::geometry::Geometry;
-use crate::layout::size_class::{class_size, is_multiple_of_class, ALIGNMENT};
+use crate::layout::size_class::{class_size, is_multiple_of_class, ALIGNMENT, NUM_CLASSES};
 use core::fmt;
 use core::ptr;
 use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
@@ -375,7 +375,8 @@ impl PoolHeader {
     /// a pool in use. Reads only the header's atomic fields, each through its own projection,
     /// so it may run while other threads use the pool, on any address inside a mapped arena.
     /// `Ok((class, refs))` (the pool's size class and block reference count; a `refs` of 0
-    /// means no block of the pool is live), or `Err((class, why))` naming the failed check.
+    /// means no block of the pool is live; the class is below `NUM_CLASSES`), or
+    /// `Err((class, why))` naming the failed check.
     ///
     /// The block-start test is one subtraction, one compare against the carve mark and a
     /// multiple-of-class test without division ([`is_multiple_of_class`]).
@@ -396,8 +397,10 @@ impl PoolHeader {
                 Self::next_offset_racy(pool),
             )
         };
-        // A header never written reads as zeros (fresh mapping): no carve mark.
-        if class == NO_CLASS || (next as usize) < geo.pool_overhead {
+        // A header never written reads as zeros (fresh mapping): no carve mark. A class out of
+        // range (NO_CLASS included) serves no blocks; checking it here also bounds the table
+        // index of the multiple-of-class test below.
+        if class as usize >= NUM_CLASSES || (next as usize) < geo.pool_overhead {
             return Err((class, Bad::PoolNotInUse));
         }
         let off = block.wrapping_sub(pool as usize + geo.pool_overhead);

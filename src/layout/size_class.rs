@@ -39,21 +39,19 @@ const RECIPROCALS: [u64; NUM_CLASSES] = {
 /// True when `off` (below 2^16) is a multiple of the block size of `class`, without dividing:
 /// `floor(off * ceil(2^32 / s) / 2^32)` is `floor(off / s)` for such offsets, because the
 /// rounding error (below `off / 2^32 < 2^-16`) never reaches the gap to the next integer (at
-/// least `1 / s >= 2^-9`).
+/// least `1 / s >= 2^-9`). False for every offset of 2^16 or more, with no test of its own:
+/// `q` is computed from the low 16 bits, so `q * s <= off mod 2^16 < 2^16 <= off`.
 #[inline(always)]
 pub(crate) fn is_multiple_of_class(off: usize, class: usize) -> bool {
-    // The index is masked (a class read from a corrupt header may be anything): no bounds
-    // check on the free path, and a wrong reciprocal only fails the comparison.
-    let q = ((off as u64 & (OFFSET_LIMIT - 1)) * RECIPROCALS[class & (NUM_CLASSES - 1)]) >> 32;
-    (off as u64) < OFFSET_LIMIT && q * class_size(class) as u64 == off as u64
+    // Callers check `class < NUM_CLASSES` first (`PoolHeader::check_block`), so the index's
+    // bounds check folds away where this is inlined.
+    let q = ((off as u64 & (OFFSET_LIMIT - 1)) * RECIPROCALS[class]) >> 32;
+    q * class_size(class) as u64 == off as u64
 }
 
 /// Offsets [`is_multiple_of_class`] answers for: below 2^16 (pools are at most 64 KiB,
 /// `geometry::MAX_POOL_SHIFT`, which asserts this bound).
 const OFFSET_LIMIT: u64 = 1 << 16;
-
-// The reciprocal index is masked with NUM_CLASSES - 1.
-const _: () = assert!(NUM_CLASSES.is_power_of_two());
 
 #[cfg(test)]
 mod tests {
@@ -80,7 +78,10 @@ mod tests {
                     "{off} {c}"
                 );
             }
-            assert!(!is_multiple_of_class(0x10000, c));
+            // Offsets of 2^16 and more are never accepted (no range test: see the docs).
+            for off in (0x10000..0x30000).step_by(16).chain([usize::MAX & !15, 1 << 40]) {
+                assert!(!is_multiple_of_class(off, c), "{off:#x} {c}");
+            }
         }
     }
 }
