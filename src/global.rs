@@ -44,6 +44,10 @@ const READY_FT: u8 = 3;
 /// Built, GIL mode, debug mode off: the second check of the fast path.
 const READY_GIL: u8 = 4;
 
+/// Set before the heap is built by a caller that wants every call on the general paths (the
+/// drop-in library while it records a trace): the heap then never enters a fast state.
+static GENERAL_ONLY: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
 struct Instance(UnsafeCell<MaybeUninit<Allocator>>);
 // SAFETY: the cell is written once, by the thread that moves STATE from UNINIT to BUSY, before
 // STATE becomes READY (release); it is only read after observing READY (acquire).
@@ -156,6 +160,14 @@ impl FtMalloc {
         }
     }
 
+    /// Makes the process-wide heap take its general paths only: `malloc_fast` and `free_fast`
+    /// then always miss. For the drop-in library's trace, which records on the general paths.
+    /// Takes effect only when called before the heap is built.
+    #[doc(hidden)]
+    pub fn general_paths_only() {
+        GENERAL_ONLY.store(true, Ordering::Relaxed);
+    }
+
     /// A snapshot of the process-wide heap.
     pub fn stats() -> Stats {
         FtMalloc::instance().stats()
@@ -202,7 +214,8 @@ fn init_slow() -> &'static Allocator {
         let pymalloc = *heap.geometry() == PYMALLOC_GEOMETRY;
         // SAFETY: we won the UNINIT -> BUSY race, so nobody else reads or writes the cell.
         unsafe { (*INSTANCE.0.get()).write(heap) };
-        let ready = match (mode, debug || !pymalloc) {
+        let general = debug || !pymalloc || GENERAL_ONLY.load(Ordering::Relaxed);
+        let ready = match (mode, general) {
             (Mode::FreeThreaded, false) => READY_FT,
             (Mode::Gil, false) => READY_GIL,
             (_, true) => READY,

@@ -43,6 +43,10 @@ fn ensure_started() {
             // the allocator underneath.
             unsafe { ftmalloc_core::use_glibc_internal_allocator() };
             trace::init();
+            if trace::on() {
+                // Every call is recorded on the general paths: no fast state.
+                FtMalloc::general_paths_only();
+            }
             STARTED.store(true, core::sync::atomic::Ordering::Release);
         }
     }
@@ -96,19 +100,19 @@ fn alloc_aligned(size: usize, align: usize) -> *mut c_void {
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
     // The fast path (it calls nothing, so this function saves no registers on it): the heap
     // is built (so this library started it), free-threaded, not in debug mode, no trace is
-    // recorded, and the thread's current pool of the class has a block. Anything else takes
-    // the general path, out of line.
-    if !trace::on() {
-        let p = FtMalloc::malloc_fast(size);
-        if !p.is_null() {
-            return p.cast();
-        }
+    // recorded (`general_paths_only`), and the thread's current pool of the class has a block.
+    // Anything else takes the general path, out of line.
+    let p = FtMalloc::malloc_fast(size);
+    if !p.is_null() {
+        return p.cast();
     }
     malloc_general(size)
 }
 
+/// `malloc` past the fast path. `extern "C"`, as `malloc` is, so the call from `malloc` is a
+/// tail call (a jump; the fast path keeps no stack frame).
 #[inline(never)]
-fn malloc_general(size: usize) -> *mut c_void {
+extern "C" fn malloc_general(size: usize) -> *mut c_void {
     alloc_aligned(size, MIN_ALIGN)
 }
 
@@ -122,19 +126,19 @@ fn malloc_general(size: usize) -> *mut c_void {
 pub unsafe extern "C" fn free(p: *mut c_void) {
     // The fast path (see `malloc`): a block of a pool the thread's cache owns, not its last.
     // SAFETY: per the contract.
-    if !trace::on() && unsafe { FtMalloc::free_fast(p.cast()) } {
+    if unsafe { FtMalloc::free_fast(p.cast()) } {
         return;
     }
     // SAFETY: per the contract.
     unsafe { free_general(p) }
 }
 
-/// `free` past the fast path.
+/// `free` past the fast path (`extern "C"` for a tail call, as `malloc_general`).
 ///
 /// # Safety
 /// As `free`.
 #[inline(never)]
-unsafe fn free_general(p: *mut c_void) {
+unsafe extern "C" fn free_general(p: *mut c_void) {
     if p.is_null() {
         return;
     }

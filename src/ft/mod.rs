@@ -47,7 +47,11 @@ pub(crate) const MAX_CACHES: usize = 8;
 /// Threads alive at once, process-wide.
 const MAX_THREADS: usize = 1 << 14;
 
-static NEXT_HEAP_ID: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(1);
+/// The process-wide heap's id (fixed, so its fast paths compare the memo with a constant).
+const PROCESS_HEAP_ID: usize = 1;
+
+/// Ids of other heaps: from 2, never reused.
+static NEXT_HEAP_ID: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(2);
 
 /// Memo heap id of a thread whose thread-locals are being destroyed.
 #[cfg(not(loom))]
@@ -329,6 +333,19 @@ impl FtHeap {
         }
     }
 
+    /// [`bound_cache`](Self::bound_cache) of the process-wide heap (its fast paths): the memo
+    /// is compared with the constant id, not with one loaded from the heap.
+    #[inline(always)]
+    fn bound_cache_of_process_heap(&self) -> *mut Cache {
+        debug_assert!(self.process_heap && self.id == PROCESS_HEAP_ID);
+        let m = memo::get();
+        if m.heap == PROCESS_HEAP_ID {
+            m.cache
+        } else {
+            ptr::null_mut()
+        }
+    }
+
     #[cold]
     #[inline(never)]
     fn bind_slow(&self) -> *mut Cache {
@@ -528,7 +545,7 @@ impl Front for FtHeap {
     /// no current pool, or an empty one).
     #[inline(always)]
     fn alloc_fast(&self, class: usize, geo: &Geometry) -> *mut u8 {
-        let c = self.bound_cache();
+        let c = self.bound_cache_of_process_heap();
         if c.is_null() {
             return ptr::null_mut();
         }
@@ -540,7 +557,7 @@ impl Front for FtHeap {
     /// on any miss.
     #[inline(always)]
     unsafe fn free_fast(&self, pool: *mut PoolHeader, block: *mut u8, class: usize) -> bool {
-        let c = self.bound_cache();
+        let c = self.bound_cache_of_process_heap();
         // SAFETY: a bound cache is used by the calling thread only; block is a live block of
         // pool of `class` (the trait's contract), which the cache owns when `owns` says so.
         unsafe { !c.is_null() && (*c).owns(pool) && (*c).free_fast(pool, block, class) }
@@ -613,6 +630,8 @@ impl Front for FtHeap {
 
     fn set_process_heap(&mut self) {
         self.process_heap = true;
+        // Before any thread binds to it (the trait's contract), so no memo holds the old id.
+        self.id = PROCESS_HEAP_ID;
     }
 
     /// Nothing to hold: no lock.

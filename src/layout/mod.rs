@@ -108,18 +108,18 @@ pub(crate) trait Front: Sized {
         arenas: &Arenas,
     );
 
-    /// The calling thread's own fast path of `alloc`: a block of `class`, or null when it
-    /// misses (nothing done; the caller then takes `alloc`). It calls nothing, so the code it
-    /// is inlined into needs no saved registers. `geo` is the heap's geometry (a constant
-    /// where the caller knows it).
+    /// The process-wide heap's fast path of `alloc` for the calling thread: a block of `class`,
+    /// or null when it misses (nothing done; the caller then takes `alloc`). It calls nothing,
+    /// so the code it is inlined into needs no saved registers. `geo` is the heap's geometry
+    /// (a constant where the caller knows it). Only for a front marked by `set_process_heap`.
     #[inline(always)]
     fn alloc_fast(&self, _class: usize, _geo: &Geometry) -> *mut u8 {
         core::ptr::null_mut()
     }
 
-    /// The calling thread's own fast path of `free` for `block`, a live block of `pool`, whose
+    /// The process-wide heap's fast path of `free` for `block`, a live block of `pool`, whose
     /// size class is `class`: true when done, false when it misses (nothing done; the caller
-    /// then takes `free`).
+    /// then takes `free`). Only for a front marked by `set_process_heap`.
     ///
     /// # Safety
     /// As `free`; `class` is the pool's class (below `NUM_CLASSES`).

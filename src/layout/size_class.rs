@@ -79,7 +79,10 @@ mod tests {
                 );
             }
             // Offsets of 2^16 and more are never accepted (no range test: see the docs).
-            for off in (0x10000..0x30000).step_by(16).chain([usize::MAX & !15, 1 << 40]) {
+            for off in (0x10000..0x30000)
+                .step_by(16)
+                .chain([usize::MAX & !15, 1 << 40])
+            {
                 assert!(!is_multiple_of_class(off, c), "{off:#x} {c}");
             }
         }
