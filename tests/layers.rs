@@ -11,7 +11,7 @@
 //! file is the crate root. A path to a root re-export (`crate::Allocator`) counts as the root,
 //! so lower modules must name the module they use.
 
-use std::path::{Path, PathBuf};
+mod source;
 
 /// The layer of a top-level module of the crate (`None`: not a module, i.e. a root re-export).
 fn rank(module: &str) -> Option<u32> {
@@ -164,34 +164,19 @@ fn violations(rel: &str, text: &str) -> Vec<String> {
     out
 }
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
-
 #[test]
 fn no_module_imports_one_above_it() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = Vec::new();
-    rust_files(&root.join("src"), &mut files);
-    assert!(files.len() > 20, "src/ walk found only {files:?}");
+    let files = source::files();
+    assert!(
+        files.len() > 20,
+        "src/ walk found only {} files",
+        files.len()
+    );
     let mut bad = Vec::new();
     let mut imports = 0;
-    for f in &files {
-        let rel = f
-            .strip_prefix(root)
-            .unwrap()
-            .to_string_lossy()
-            .replace('\\', "/");
-        let text = std::fs::read_to_string(f).unwrap();
-        imports += targets(&code_of(&text), false).len();
-        bad.extend(violations(&rel, &text));
+    for (rel, text) in &files {
+        imports += targets(&code_of(text), false).len();
+        bad.extend(violations(rel, text));
     }
     assert!(
         imports > 100,

@@ -12,40 +12,16 @@
 //! `src/ft/` folder are read. The list is found by walking `src/`, so a new file is checked
 //! without editing this test.
 
-use std::path::{Path, PathBuf};
+mod source;
 
 /// Paths (relative to the crate root) not on the free-threaded path.
 const NOT_ON_THE_PATH: &[&str] = &["src/gil/", "src/global.rs"];
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
-
 fn free_threaded_path() -> Vec<(String, String)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = Vec::new();
-    rust_files(&root.join("src"), &mut files);
-    let mut out = Vec::new();
-    for f in files {
-        let rel = f
-            .strip_prefix(root)
-            .unwrap()
-            .to_string_lossy()
-            .replace('\\', "/");
-        if NOT_ON_THE_PATH.iter().any(|p| rel.starts_with(p)) {
-            continue;
-        }
-        out.push((rel, std::fs::read_to_string(&f).unwrap()));
-    }
-    out.sort();
-    out
+    source::files()
+        .into_iter()
+        .filter(|(rel, _)| !NOT_ON_THE_PATH.iter().any(|p| rel.starts_with(p)))
+        .collect()
 }
 
 /// The word a line's code (before any `//` comment) uses that is forbidden, if any.
