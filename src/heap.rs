@@ -342,14 +342,9 @@ impl<F: Front> Heap<F> {
             return false;
         }
         let pool = geo.pool_of(ptr as usize) as *mut PoolHeader;
-        // SAFETY: the map knows ptr, so its arena is mapped and the header readable.
-        match unsafe { PoolHeader::check_block(pool, ptr as usize, geo) } {
-            // SAFETY: a checked block of a pool in use (refs > 0): live by the contract.
-            Ok((class, refs)) if refs != 0 => unsafe {
-                self.front.free_fast(pool, ptr, class as usize)
-            },
-            _ => false,
-        }
+        // SAFETY: the map knows ptr, so its arena (ours) is mapped and `pool` its header; the
+        // front checks the block (or misses) before it frees it.
+        unsafe { self.front.free_fast(pool, ptr, geo) }
     }
 
     /// # Safety

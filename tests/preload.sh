@@ -66,6 +66,13 @@ for mode in ft gil; do
     for debug in 1 0; do
         expect_abort "$mode" "$debug" free-pool-start free
         expect_abort "$mode" "$debug" free-arena-start free
+        # Frees the fast path sees first (a pool the thread owns): an interior pointer, and
+        # (the always-on check; debug mode names a double free its own way) a second free of
+        # a pool's only block.
+        expect_abort "$mode" "$debug" free-interior free
+        if [ "$debug" = 0 ]; then
+            expect_abort "$mode" 0 double-free free
+        fi
         run "$mode" "FTMALLOC_DEBUG=$debug: malloc(0) usable size above 0, calloc zeroed" \
             env FTMALLOC_DEBUG="$debug" "$WORK/debug" small
         run "$mode" "FTMALLOC_DEBUG=$debug: calloc(1, 4 GiB) not resident" \

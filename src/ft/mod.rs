@@ -9,6 +9,8 @@
 //! - A const-initialised thread-local memo `(heap id, cache)` without destructor makes the fast
 //!   path two thread-local loads and a compare. It starts at an empty sentinel (heap id 0, which
 //!   no heap has), so the first call of a thread takes the slow path, which binds the thread.
+//!   Beside it the slot keeps the thread's cache of the process-wide heap alone (null until the
+//!   thread binds to it, and again from its exit): that heap's fast paths read only this word.
 //! - A `pthread_key` destructor, registered on the slow path, runs at thread exit: it turns the
 //!   memo to `DEAD` (later allocations of the dying thread take a cache-less path: a temporary
 //!   cache, abandoned after one block), abandons the thread's cache of the process-wide heap
@@ -68,6 +70,16 @@ struct Memo {
     cache: *mut Cache,
 }
 
+/// The thread's memo slot: the last heap it was bound to (`memo`), and apart from it its cache
+/// of the process-wide heap (null until bound, and again from thread exit), which the process
+/// heap's fast paths read alone: one load and a null test, and binding a thread to an
+/// instance never evicts it.
+#[repr(C)]
+struct MemoSlot {
+    memo: Memo,
+    process: *mut Cache,
+}
+
 /// The memo, one per thread, read on every allocation and free: on x86-64 Linux a TLS slot of
 /// the initial-exec model (`memo_slot`), elsewhere (and under loom and Miri) a `thread_local!`.
 ///
@@ -75,33 +87,33 @@ struct Memo {
 /// Python extension) Rust gives thread-locals the general-dynamic model, a call to
 /// `__tls_get_addr` of about 11 instructions per access. The initial-exec model reads the slot's
 /// offset from the GOT and adds the thread pointer (`fs:0`): two instructions. Its cost is a
-/// static TLS slot of 16 bytes: a library loaded with `dlopen` takes it from glibc's surplus
+/// static TLS slot of 24 bytes: a library loaded with `dlopen` takes it from glibc's surplus
 /// (hundreds of bytes), as many system libraries' own initial-exec slots do.
 mod memo {
-    use super::Memo;
+    use super::{Cache, Memo, MemoSlot};
 
     #[cfg(all(target_arch = "x86_64", target_os = "linux", not(loom), not(miri)))]
     mod slot {
-        use super::Memo;
+        use super::MemoSlot;
 
-        // 16 zero bytes in the thread-local BSS: heap id 0 (no heap has it), no cache. Hidden:
-        // not exported from the shared object.
+        // 24 zero bytes in the thread-local BSS: heap id 0 (no heap has it), no cache, no
+        // process-heap cache. Hidden: not exported from the shared object.
         core::arch::global_asm!(
             ".pushsection .tbss,\"awT\",@nobits",
             ".p2align 4",
             ".globl __ftmalloc_memo",
             ".hidden __ftmalloc_memo",
             ".type __ftmalloc_memo,@object",
-            ".size __ftmalloc_memo,16",
+            ".size __ftmalloc_memo,24",
             "__ftmalloc_memo:",
-            ".zero 16",
+            ".zero 24",
             ".popsection",
         );
 
         /// This thread's memo slot.
         #[inline(always)]
-        pub(super) fn get() -> *mut Memo {
-            let p: *mut Memo;
+        pub(super) fn get() -> *mut MemoSlot {
+            let p: *mut MemoSlot;
             // SAFETY: the initial-exec sequence: the slot's offset from the thread pointer (a
             // GOT entry the dynamic linker fills) plus the thread pointer (`fs:0` holds it on
             // x86-64 Linux). Reads nothing that changes while the thread lives.
@@ -119,17 +131,20 @@ mod memo {
 
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(loom), not(miri))))]
     mod slot {
-        use super::Memo;
-        use core::cell::Cell;
+        use super::{Memo, MemoSlot};
+        use core::cell::UnsafeCell;
 
         crate::base::sync::ft_thread_local! {
-            static MEMO: Cell<Memo> = Cell::new(Memo { heap: 0, cache: core::ptr::null_mut() });
+            static MEMO: UnsafeCell<MemoSlot> = UnsafeCell::new(MemoSlot {
+                memo: Memo { heap: 0, cache: core::ptr::null_mut() },
+                process: core::ptr::null_mut(),
+            });
         }
 
         /// This thread's memo slot.
         #[inline(always)]
-        pub(super) fn get() -> *mut Memo {
-            MEMO.with(|m| m.as_ptr())
+        pub(super) fn get() -> *mut MemoSlot {
+            MEMO.with(|m| m.get())
         }
     }
 
@@ -137,7 +152,7 @@ mod memo {
     #[inline(always)]
     pub(super) fn get() -> Memo {
         // SAFETY: the slot is this thread's, valid while it lives, and never referenced.
-        unsafe { slot::get().read() }
+        unsafe { (&raw const (*slot::get()).memo).read() }
     }
 
     /// Sets this thread's memo.
@@ -145,7 +160,22 @@ mod memo {
     #[cfg_attr(loom, allow(dead_code))]
     pub(super) fn set(m: Memo) {
         // SAFETY: as in `get`.
-        unsafe { slot::get().write(m) }
+        unsafe { (&raw mut (*slot::get()).memo).write(m) }
+    }
+
+    /// This thread's cache of the process-wide heap, or null (not bound, or exiting).
+    #[inline(always)]
+    pub(super) fn process() -> *mut Cache {
+        // SAFETY: as in `get`.
+        unsafe { (&raw const (*slot::get()).process).read() }
+    }
+
+    /// Sets this thread's cache of the process-wide heap.
+    #[inline(always)]
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(super) fn set_process(c: *mut Cache) {
+        // SAFETY: as in `get`.
+        unsafe { (&raw mut (*slot::get()).process).write(c) }
     }
 }
 
@@ -168,6 +198,7 @@ fn thread_exiting(tid: usize) {
         heap: DEAD,
         cache: ptr::null_mut(),
     });
+    memo::set_process(ptr::null_mut());
     let hook = EXIT_HOOK.load(core::sync::atomic::Ordering::Acquire);
     if hook != 0 {
         // SAFETY: EXIT_HOOK only ever holds 0 or a `fn(usize)` stored by set_thread_exit_hook.
@@ -334,16 +365,11 @@ impl FtHeap {
     }
 
     /// [`bound_cache`](Self::bound_cache) of the process-wide heap (its fast paths): the memo
-    /// is compared with the constant id, not with one loaded from the heap.
+    /// slot's own field for it, set when the thread binds and cleared at its exit.
     #[inline(always)]
     fn bound_cache_of_process_heap(&self) -> *mut Cache {
         debug_assert!(self.process_heap && self.id == PROCESS_HEAP_ID);
-        let m = memo::get();
-        if m.heap == PROCESS_HEAP_ID {
-            m.cache
-        } else {
-            ptr::null_mut()
-        }
+        memo::process()
     }
 
     #[cold]
@@ -384,6 +410,9 @@ impl FtHeap {
                 heap: self.id,
                 cache,
             });
+            if self.process_heap {
+                memo::set_process(cache);
+            }
             cache
         }
     }
@@ -554,13 +583,25 @@ impl Front for FtHeap {
     }
 
     /// A free into a pool the bound cache owns, when that is cheap (`Cache::free_fast`); false
-    /// on any miss.
+    /// on any miss. Ownership is tested first: a pool the calling thread's cache owns was
+    /// prepared by it (a class in range, a carve mark), so the block check then tests only
+    /// the block's start and the pool's reference count.
     #[inline(always)]
-    unsafe fn free_fast(&self, pool: *mut PoolHeader, block: *mut u8, class: usize) -> bool {
+    unsafe fn free_fast(&self, pool: *mut PoolHeader, block: *mut u8, geo: &Geometry) -> bool {
         let c = self.bound_cache_of_process_heap();
-        // SAFETY: a bound cache is used by the calling thread only; block is a live block of
-        // pool of `class` (the trait's contract), which the cache owns when `owns` says so.
-        unsafe { !c.is_null() && (*c).owns(pool) && (*c).free_fast(pool, block, class) }
+        // SAFETY: a bound cache is used by the calling thread only; `pool` is a header in a
+        // mapped arena (the trait's contract), so `owns` may read its owner word; an owned
+        // pool is prepared (thread_cache: the owner stores its token after preparing), which
+        // `check_owned_block` requires; a checked block with refs > 0 is live by the contract.
+        unsafe {
+            if c.is_null() || !(*c).owns(pool) {
+                return false;
+            }
+            match PoolHeader::check_owned_block(pool, block as usize, geo) {
+                Some((class, refs)) => (*c).free_fast(pool, block, class as usize, refs),
+                None => false,
+            }
+        }
     }
 
     #[inline(always)]

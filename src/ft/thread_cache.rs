@@ -266,17 +266,20 @@ impl Cache {
     /// stays, empty) and no housekeeping is due. False (nothing done) otherwise.
     ///
     /// # Safety
-    /// As [`free_local`](Self::free_local); `class` is the pool's class.
+    /// As [`free_local`](Self::free_local); `class` is the pool's class and `refs` its
+    /// reference count (the owner's own, so read just before by the caller).
     #[inline(always)]
     pub(crate) unsafe fn free_fast(
         &mut self,
         pool: *mut PoolHeader,
         block: *mut u8,
         class: usize,
+        refs: u32,
     ) -> bool {
+        debug_assert_eq!(refs, unsafe { PoolHeader::refs(pool) });
         // SAFETY: per the contract we own the pool and the block; class < NUM_CLASSES.
         unsafe {
-            if PoolHeader::refs(pool) <= 1 {
+            if refs <= 1 {
                 // The last block: `pool_emptied`'s cheap case only.
                 if self.classes.get_unchecked(class).current != pool
                     || self.ticks + 1 >= SWEEP_EVERY

@@ -117,14 +117,18 @@ pub(crate) trait Front: Sized {
         core::ptr::null_mut()
     }
 
-    /// The process-wide heap's fast path of `free` for `block`, a live block of `pool`, whose
-    /// size class is `class`: true when done, false when it misses (nothing done; the caller
-    /// then takes `free`). Only for a front marked by `set_process_heap`.
+    /// The process-wide heap's fast path of `free` for `block`, an address inside a mapped
+    /// arena of this heap, whose pool header is `pool`: true when done, false when it misses
+    /// (nothing done; the caller then takes the general path, which makes every check and
+    /// reports a failed one). The front makes the always-on block check itself
+    /// ([`PoolHeader::check_owned_block`]), after any test that lets it check less. Only for
+    /// a front marked by `set_process_heap`; `geo` as for `alloc_fast`.
     ///
     /// # Safety
-    /// As `free`; `class` is the pool's class (below `NUM_CLASSES`).
+    /// As `free` for the pointer (live, or invalid: then it must miss); `pool` is the pool
+    /// header of `block` in a mapped arena of this heap.
     #[inline(always)]
-    unsafe fn free_fast(&self, _pool: *mut PoolHeader, _block: *mut u8, _class: usize) -> bool {
+    unsafe fn free_fast(&self, _pool: *mut PoolHeader, _block: *mut u8, _geo: &Geometry) -> bool {
         false
     }
 

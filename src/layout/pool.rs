@@ -409,6 +409,38 @@ impl PoolHeader {
         }
         Ok((class, refs))
     }
+
+    /// [`check_block`](Self::check_block) for a pool the calling thread owns, which it
+    /// prepared: the class is in range and the carve mark set, so only the block start and the
+    /// reference count are tested. `Some((class, refs))` when `block` is the start of a carved
+    /// block and a block of the pool is in use (`refs > 0`); `None` otherwise (the caller then takes the general
+    /// path, whose `check_block` names the failure).
+    ///
+    /// # Safety
+    /// `pool` is a prepared pool header owned by the calling thread's cache.
+    #[inline(always)]
+    pub(crate) unsafe fn check_owned_block(
+        pool: *const PoolHeader,
+        block: usize,
+        geo: &Geometry,
+    ) -> Option<(u32, u32)> {
+        // SAFETY: the header is readable and ours (the contract); atomic fields only.
+        let (refs, class, next) = unsafe {
+            (
+                Self::refs_racy(pool),
+                Self::class(pool),
+                Self::next_offset_racy(pool),
+            )
+        };
+        debug_assert!((class as usize) < NUM_CLASSES && next as usize >= geo.pool_overhead);
+        let off = block.wrapping_sub(pool as usize + geo.pool_overhead);
+        // A prepared pool's class is below NUM_CLASSES (a power of two), so the mask changes
+        // nothing; it lets the table index's bounds check fold away without a compare.
+        const _: () = assert!(NUM_CLASSES.is_power_of_two());
+        let start = off < next as usize - geo.pool_overhead
+            && is_multiple_of_class(off, class as usize & (NUM_CLASSES - 1));
+        (start && refs != 0).then_some((class, refs))
+    }
 }
 
 /// Pools are linked through `nextpool` / `prevpool` (GIL mode's `usedpools`, a thread cache's

@@ -8,6 +8,8 @@
  *   usable-interior    malloc_usable_size(p + 16)           (must not read the fill pattern)
  *   free-pool-start    free() of a pool's start address     (must not crash reading before it)
  *   free-arena-start   free() of the arena's start address
+ *   free-interior      free(p + 16), p live in the thread's own pool (free's fast path)
+ *   double-free        free(q) twice, q the only block of its pool
  * Cases that must succeed (exit 0, or print what failed and exit 1):
  *   small              malloc(0) / calloc(0, 1) have a usable size above 0; calloc gives zeros
  *   calloc-rss         calloc(1, 4 GiB) leaves the resident set within 64 MiB of before
@@ -108,6 +110,21 @@ int main(int argc, char **argv) {
         announce(p + 16);
         size_t n = malloc_usable_size(p + 16);
         fprintf(stderr, "debug.c: malloc_usable_size(p + 16) returned %#zx\n", n);
+    } else if (!strcmp(c, "free-interior")) {
+        /* p's pool is the thread's own current pool of its class, which free's fast path
+         * tests first: the block check must still refuse an interior pointer. */
+        announce(p + 16);
+        free(p + 16);
+        fprintf(stderr, "debug.c: free(p + 16) returned\n");
+    } else if (!strcmp(c, "double-free")) {
+        /* A class nothing else here uses (440 bytes; 472 in debug mode): its pool's only block, so the second
+         * free finds no block in use (a double free into a pool with other live blocks goes
+         * undetected without debug mode; README, "Not detected"). */
+        char *q = malloc(440);
+        free(q);
+        announce(q);
+        free(q);
+        fprintf(stderr, "debug.c: second free(%p) returned\n", (void *)q);
     } else if (!strcmp(c, "free-pool-start") || !strcmp(c, "free-arena-start")) {
         uintptr_t size = !strcmp(c, "free-pool-start") ? POOL_SIZE : ARENA_SIZE;
         void *start = (void *)((uintptr_t)p & ~(size - 1));
