@@ -132,11 +132,66 @@ impl FtMalloc {
         }
     }
 
-    /// C `malloc` on the process-wide heap past the fast path: the mode's general path (in GIL
-    /// mode the lock and pymalloc's algorithms, monomorphic), null when memory is exhausted.
+    /// GIL mode's fast path of C `malloc` (1 to 512 bytes, alignment 16): when the process-wide
+    /// heap is in GIL mode without debug mode and its lock is free at once, the whole
+    /// allocation (lock, pymalloc's allocation, unlock) with pymalloc's geometry as a constant;
+    /// null when it misses. For the drop-in library's general entry (the free-threaded test in
+    /// `malloc` has failed by then), so it adds nothing to the free-threaded fast path.
+    #[doc(hidden)]
+    #[inline(always)]
+    pub fn malloc_fast_gil(size: usize) -> *mut u8 {
+        if STATE.load(Ordering::Acquire) == READY_GIL {
+            // SAFETY: READY_GIL is stored (release) only after a GIL-mode instance with
+            // pymalloc's geometry was written; alignment 16 and the size bound are checked by
+            // `try_alloc_fast`.
+            unsafe {
+                let h = (*INSTANCE.0.get()).assume_init_ref().as_gil_unchecked();
+                h.try_alloc_fast(Layout::from_size_align_unchecked(size, 16))
+            }
+        } else {
+            core::ptr::null_mut()
+        }
+    }
+
+    /// GIL mode's fast path of C `free` (see [`malloc_fast_gil`](Self::malloc_fast_gil)):
+    /// true when `ptr` was freed, false when it misses (nothing done).
+    ///
+    /// # Safety
+    /// As [`Allocator::free`] on the process-wide heap.
+    #[doc(hidden)]
+    #[inline(always)]
+    pub unsafe fn free_fast_gil(ptr: *mut u8) -> bool {
+        if STATE.load(Ordering::Acquire) == READY_GIL {
+            // SAFETY: as in `malloc_fast_gil`; the contract.
+            unsafe {
+                let h = (*INSTANCE.0.get()).assume_init_ref().as_gil_unchecked();
+                h.try_free_fast(ptr)
+            }
+        } else {
+            false
+        }
+    }
+
+    /// C `malloc` on the process-wide heap past the free-threaded fast path: GIL mode's fast
+    /// path (inline here, so that the free-threaded `__rust_alloc` does not carry it), then
+    /// [`malloc_slow`](Self::malloc_slow) by a tail call. Null when memory is exhausted.
     #[doc(hidden)]
     #[inline(never)]
     pub fn malloc_general(layout: Layout) -> *mut u8 {
+        if layout.align() <= 16 {
+            let p = FtMalloc::malloc_fast_gil(layout.size());
+            if !p.is_null() {
+                return p;
+            }
+        }
+        FtMalloc::malloc_slow(layout)
+    }
+
+    /// C `malloc` on the process-wide heap past both fast paths: the mode's general path
+    /// (monomorphic where the state byte allows), null when memory is exhausted.
+    #[doc(hidden)]
+    #[inline(never)]
+    pub fn malloc_slow(layout: Layout) -> *mut u8 {
         // SAFETY (every arm): a valid layout; debug mode is off in the fast arms.
         match FtMalloc::fast() {
             Fast::Ft(h) => unsafe { h.alloc_nodebug(layout) },
@@ -145,13 +200,29 @@ impl FtMalloc {
         }
     }
 
-    /// C `free` on the process-wide heap past the fast path.
+    /// C `free` on the process-wide heap past the free-threaded fast path: GIL mode's fast
+    /// path, then [`free_slow`](Self::free_slow) (as [`malloc_general`](Self::malloc_general)).
     ///
     /// # Safety
     /// As [`Allocator::free`] on the process-wide heap.
     #[doc(hidden)]
     #[inline(never)]
     pub unsafe fn free_general(ptr: *mut u8) {
+        // SAFETY: the contract.
+        unsafe {
+            if !FtMalloc::free_fast_gil(ptr) {
+                FtMalloc::free_slow(ptr);
+            }
+        }
+    }
+
+    /// C `free` on the process-wide heap past both fast paths.
+    ///
+    /// # Safety
+    /// As [`Allocator::free`] on the process-wide heap.
+    #[doc(hidden)]
+    #[inline(never)]
+    pub unsafe fn free_slow(ptr: *mut u8) {
         // SAFETY (every arm): the contract; debug mode is off in the fast arms.
         match FtMalloc::fast() {
             Fast::Ft(h) => unsafe { h.free_nodebug(ptr) },

@@ -310,7 +310,8 @@ impl<F: Front> Heap<F> {
         {
             return ptr::null_mut();
         }
-        self.front.alloc_fast(size_to_class(layout.size()), geo)
+        self.front
+            .alloc_fast(size_to_class(layout.size()), geo, &self.arenas)
     }
 
     /// The geometry for the fast paths: the process-wide heap's is always pymalloc's, a
@@ -344,7 +345,7 @@ impl<F: Front> Heap<F> {
         let pool = geo.pool_of(ptr as usize) as *mut PoolHeader;
         // SAFETY: the map knows ptr, so its arena (ours) is mapped and `pool` its header; the
         // front checks the block (or misses) before it frees it.
-        unsafe { self.front.free_fast(pool, ptr, geo) }
+        unsafe { self.front.free_fast(pool, ptr, geo, &self.arenas) }
     }
 
     /// # Safety

@@ -83,7 +83,7 @@ fn alloc_aligned(size: usize, align: usize) -> *mut c_void {
     };
     ensure_started();
     // A valid layout; zero sizes are allowed by Allocator::alloc.
-    let p = FtMalloc::malloc_general(layout);
+    let p = FtMalloc::malloc_slow(layout);
     if p.is_null() {
         set_errno(libc::ENOMEM);
     } else if trace::on() {
@@ -113,6 +113,11 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
 /// tail call (a jump; the fast path keeps no stack frame).
 #[inline(never)]
 extern "C" fn malloc_general(size: usize) -> *mut c_void {
+    // GIL mode's fast path first (the whole allocation when the lock is free at once).
+    let p = FtMalloc::malloc_fast_gil(size);
+    if !p.is_null() {
+        return p.cast();
+    }
     alloc_aligned(size, MIN_ALIGN)
 }
 
@@ -139,6 +144,11 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
 /// As `free`.
 #[inline(never)]
 unsafe extern "C" fn free_general(p: *mut c_void) {
+    // GIL mode's fast path first (see `malloc_general`).
+    // SAFETY: per the contract.
+    if unsafe { FtMalloc::free_fast_gil(p.cast()) } {
+        return;
+    }
     if p.is_null() {
         return;
     }
@@ -147,7 +157,7 @@ unsafe extern "C" fn free_general(p: *mut c_void) {
     }
     ensure_started();
     // SAFETY: per the contract; the arena map routes foreign pointers to glibc.
-    unsafe { FtMalloc::free_general(p.cast()) };
+    unsafe { FtMalloc::free_slow(p.cast()) };
 }
 
 /// `calloc(3)`: an overflowing `n * size` gives null and `ENOMEM`.

@@ -573,7 +573,7 @@ impl Front for FtHeap {
     /// The bound cache's current pool of `class`, popped; null on any miss (no bound cache,
     /// no current pool, or an empty one).
     #[inline(always)]
-    fn alloc_fast(&self, class: usize, geo: &Geometry) -> *mut u8 {
+    fn alloc_fast(&self, class: usize, geo: &Geometry, _arenas: &Arenas) -> *mut u8 {
         let c = self.bound_cache_of_process_heap();
         if c.is_null() {
             return ptr::null_mut();
@@ -587,7 +587,13 @@ impl Front for FtHeap {
     /// prepared by it (a class in range, a carve mark), so the block check then tests only
     /// the block's start and the pool's reference count.
     #[inline(always)]
-    unsafe fn free_fast(&self, pool: *mut PoolHeader, block: *mut u8, geo: &Geometry) -> bool {
+    unsafe fn free_fast(
+        &self,
+        pool: *mut PoolHeader,
+        block: *mut u8,
+        geo: &Geometry,
+        _arenas: &Arenas,
+    ) -> bool {
         let c = self.bound_cache_of_process_heap();
         // SAFETY: a bound cache is used by the calling thread only; `pool` is a header in a
         // mapped arena (the trait's contract), so `owns` may read its owner word; an owned

@@ -163,6 +163,23 @@ impl GilHeap {
         }
     }
 
+    /// Takes the lock only if it is free at once (one compare-exchange): the fast paths, which
+    /// leave every other case (a holder, sleepers, a fork) to [`lock`](Self::lock).
+    #[inline(always)]
+    fn try_lock<'a>(&'a self, map: &'a ArenaMap) -> Option<GilGuard<'a>> {
+        // Not `bool::then_some`: it would build a guard either way, and dropping the unused
+        // one would release a lock another thread holds.
+        if self
+            .state
+            .compare_exchange(0, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            Some(GilGuard { heap: self, map })
+        } else {
+            None
+        }
+    }
+
     /// Takes the lock, waiting through a fork (statistics, checks, drop: never called from
     /// `pthread_atfork` handlers).
     pub(crate) fn lock_wait<'a>(&'a self, map: &'a ArenaMap) -> GilGuard<'a> {
@@ -382,6 +399,40 @@ impl Front for GilHeap {
             // A fork holds the lock (protocol step 2): the allocator underneath serves the
             // request, and a free finds it foreign.
             None => large::alloc(class_size(class), ALIGNMENT),
+        }
+    }
+
+    /// The whole allocation when the lock is free at once; null (nothing done) when it is not,
+    /// or when memory is exhausted (the general path then tries again and reports it).
+    #[inline(always)]
+    fn alloc_fast(&self, class: usize, _geo: &Geometry, arenas: &Arenas) -> *mut u8 {
+        match self.try_lock(&arenas.map) {
+            Some(mut g) => g.alloc(class, &arenas.map),
+            None => ptr::null_mut(),
+        }
+    }
+
+    /// The always-on block check, then the whole free when the lock is free at once; false
+    /// (nothing done) when the check fails (the general path reports it) or the lock is taken.
+    #[inline(always)]
+    unsafe fn free_fast(
+        &self,
+        pool: *mut PoolHeader,
+        block: *mut u8,
+        geo: &Geometry,
+        arenas: &Arenas,
+    ) -> bool {
+        // SAFETY: `pool` is a header in a mapped arena of ours (the trait's contract).
+        match unsafe { PoolHeader::check_block(pool, block as usize, geo) } {
+            Ok((_, refs)) if refs != 0 => match self.try_lock(&arenas.map) {
+                Some(mut g) => {
+                    // SAFETY: a checked block of a pool in use: live by the contract.
+                    unsafe { g.free(pool, block, &arenas.map) };
+                    true
+                }
+                None => false,
+            },
+            _ => false,
         }
     }
 

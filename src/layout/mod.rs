@@ -109,11 +109,13 @@ pub(crate) trait Front: Sized {
     );
 
     /// The process-wide heap's fast path of `alloc` for the calling thread: a block of `class`,
-    /// or null when it misses (nothing done; the caller then takes `alloc`). It calls nothing,
-    /// so the code it is inlined into needs no saved registers. `geo` is the heap's geometry
-    /// (a constant where the caller knows it). Only for a front marked by `set_process_heap`.
+    /// or null when it misses (nothing done; the caller then takes `alloc`). `geo` is the
+    /// heap's geometry (a constant where the caller knows it). Only for a front marked by
+    /// `set_process_heap`. The free-threaded front's calls nothing, so the code it is inlined
+    /// into (`malloc`) needs no saved registers; GIL mode's takes the lock only if it is free at
+    /// once and then makes the whole allocation (it is inlined into the general path's entry).
     #[inline(always)]
-    fn alloc_fast(&self, _class: usize, _geo: &Geometry) -> *mut u8 {
+    fn alloc_fast(&self, _class: usize, _geo: &Geometry, _arenas: &Arenas) -> *mut u8 {
         core::ptr::null_mut()
     }
 
@@ -128,7 +130,13 @@ pub(crate) trait Front: Sized {
     /// As `free` for the pointer (live, or invalid: then it must miss); `pool` is the pool
     /// header of `block` in a mapped arena of this heap.
     #[inline(always)]
-    unsafe fn free_fast(&self, _pool: *mut PoolHeader, _block: *mut u8, _geo: &Geometry) -> bool {
+    unsafe fn free_fast(
+        &self,
+        _pool: *mut PoolHeader,
+        _block: *mut u8,
+        _geo: &Geometry,
+        _arenas: &Arenas,
+    ) -> bool {
         false
     }
 
