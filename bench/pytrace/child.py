@@ -9,7 +9,8 @@ mapped (null: none of them), pythonmalloc: the PYTHONMALLOC value (null: unset).
 
 On success it prints `cpython_bench-check ok LABEL inproc=MODE preload=LIB` to stderr and runs
 SCRIPT as __main__ with sys.argv = [SCRIPT, ARGS...]; on a mismatch it exits with status 3 and a
-message naming what it found. When the interpreter has the ftmalloc package it is imported in
+message naming what it found. For an in-process mode it then checks that ftmalloc.stats() shows
+arenas allocated (the heap served the program) and prints `cpython_bench-check served LABEL ...`. When the interpreter has the ftmalloc package it is imported in
 every child (pymalloc and drop-in ones too), so every child maps the same code.
 """
 import json
@@ -62,16 +63,35 @@ def check(spec):
         sys.exit(3)
     sys.stderr.write(f"cpython_bench-check ok {spec['label']} inproc={mode} "
                      f"preload={spec['preload']}\n")
+    return ftmalloc if want else None
+
+
+def check_served(spec, ftmalloc):
+    """After the program: the in-process heap must have served it (arenas were allocated)."""
+    stats = ftmalloc.stats()
+    arenas = stats.get("arenas_allocated_total") if isinstance(stats, dict) else None
+    if not arenas:
+        sys.stderr.write(f"cpython_bench-check FAILED {spec['label']}: after the program "
+                         f"ftmalloc.stats() shows no arena allocated ({stats!r:.200})\n")
+        sys.stderr.flush()
+        os._exit(3)
+    sys.stderr.write(f"cpython_bench-check served {spec['label']} arenas={arenas} "
+                     f"blocks_in_use={stats.get('blocks_in_use')}\n")
 
 
 def main():
     if len(sys.argv) < 3:
         sys.exit(__doc__)
-    check(json.loads(sys.argv[1]))
+    spec = json.loads(sys.argv[1])
+    ftmalloc = check(spec)
     script = sys.argv[2]
     sys.argv = sys.argv[2:]
     sys.path[0] = os.path.dirname(os.path.abspath(script))
-    runpy.run_path(script, run_name="__main__")
+    try:
+        runpy.run_path(script, run_name="__main__")
+    finally:
+        if ftmalloc is not None:
+            check_served(spec, ftmalloc)
 
 
 if __name__ == "__main__":

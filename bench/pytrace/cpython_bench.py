@@ -154,6 +154,8 @@ def run_once(python, aname, argv, tmp, what):
         raise SystemExit(f"{what} under {aname} exited with {proc.returncode}:\n{stderr[-3000:]}")
     if f"cpython_bench-check ok {aname} " not in stderr:
         raise SystemExit(f"{what} under {aname}: the allocator check did not report:\n{stderr[-3000:]}")
+    if ALLOCATORS[aname][2] and f"cpython_bench-check served {aname} " not in stderr:
+        raise SystemExit(f"{what} under {aname}: no report that ftmalloc served it:\n{stderr[-3000:]}")
     return wall, rusage.ru_maxrss, stdout
 
 
