@@ -163,6 +163,11 @@ def median_of(samples):
     return tuple(statistics.median(s[i] for s in samples) for i in range(len(samples[0])))
 
 
+def spread(samples):
+    times = [s[0] for s in samples]
+    return (max(times) - min(times)) / statistics.median(times)
+
+
 def geomean(xs):
     return math.exp(sum(math.log(x) for x in xs) / len(xs))
 
@@ -246,6 +251,7 @@ def main():
     started = time.time()
     # results[workload][allocator] = (time s, peak RSS KiB[, process wall s])
     results = {}
+    spreads = {}  # spreads[workload][allocator] = (max - min) / median of the rounds' times
     with tempfile.TemporaryDirectory(prefix="cpython_bench.") as tmp:
         # A quick check of every allocator before any timing: a refusal costs seconds, not minutes.
         probe = os.path.join(tmp, "probe.py")
@@ -281,6 +287,7 @@ def main():
             if argv is not None and len(set(outputs.values())) != 1:
                 raise SystemExit(f"{wname}: outputs differ between allocators: {outputs}")
             results[wname] = {a: median_of(s) for a, s in samples.items()}
+            spreads[wname] = {a: spread(s) for a, s in samples.items()}
     elapsed = time.time() - started
 
     md = args.markdown
@@ -304,16 +311,17 @@ def main():
         + "".join(f", {k}={os.path.basename(v)}" for k, v in ALLOCATORS[a][1].items()) + ")"
         for a in allocs) + ".")
     print("Ratios are to pymalloc (lower is better); time is wall time of the child, for "
-          "pyperformance pyperf's timing of the fixed loops; RSS is the child's ru_maxrss.")
+          "pyperformance pyperf's timing of the fixed loops; RSS is the child's ru_maxrss. "
+          "Spread: (slowest - fastest) / median over the rounds.")
 
     for wname in [w for w in workloads if w != "pyperformance"]:
         res = results[wname]
         bt, br = res["pymalloc"]
-        rows = [[a, f"{t:.3f}", f"{t / bt:.3f}", f"{r / 1024:.1f}", f"{r / br:.3f}"]
-                for a, (t, r) in res.items()]
+        rows = [[a, f"{t:.3f}", f"{100 * spreads[wname][a]:.1f}%", f"{t / bt:.3f}",
+                 f"{r / 1024:.1f}", f"{r / br:.3f}"] for a, (t, r) in res.items()]
         print(f"\n{'## ' if md else ''}{wname}\n")
-        print(table(["allocator", "wall s", "time / pymalloc", "peak RSS MiB", "RSS / pymalloc"],
-                    rows, md))
+        print(table(["allocator", "wall s", "spread", "time / pymalloc", "peak RSS MiB",
+                     "RSS / pymalloc"], rows, md))
 
     geo = {}
     if pp:
@@ -323,8 +331,10 @@ def main():
         geo = {a: (geomean(tratio[a]), geomean(rratio[a])) for a in allocs}
         others = [a for a in allocs if a != "pymalloc"]
         print(f"\n{'## ' if md else ''}pyperformance subset\n")
+        noise = statistics.median(spreads[k]["pymalloc"] for k in keys)
         print("Time: pyperf's timing of the fixed loops, as a ratio to pymalloc (the pymalloc "
-              "columns are absolute: timed s, process wall s, peak RSS MiB).\n")
+              "columns are absolute: timed s, process wall s, peak RSS MiB). Median over the "
+              f"benchmarks of pymalloc's spread between rounds: {100 * noise:.1f}%.\n")
         rows = []
         for i, b in enumerate(benches):
             p = results[keys[i]]["pymalloc"]
