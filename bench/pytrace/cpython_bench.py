@@ -107,8 +107,11 @@ def ensure_debian_libs(names):
 def probe_python(python):
     """Version and ftmalloc availability of the interpreter the children run."""
     code = ("import json, platform, sys\n"
-            "try:\n import ftmalloc; f = getattr(ftmalloc, '__version__', '?'); e = None\n"
+            "try:\n import ftmalloc; e = None; f = getattr(ftmalloc, '__version__', None)\n"
             "except ImportError as x:\n f = None; e = str(x)\n"
+            "if e is None and f is None:\n"
+            " try:\n  import importlib.metadata as m; f = m.version('ftmalloc')\n"
+            " except Exception:\n  f = 'unknown version'\n"
             "print(json.dumps({'version': platform.python_version(), 'impl': "
             "platform.python_implementation(), 'gil': getattr(sys, '_is_gil_enabled', "
             "lambda: True)(), 'ftmalloc': f, 'error': e}))\n")
