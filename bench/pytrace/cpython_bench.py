@@ -171,6 +171,10 @@ def spread(samples):
     return (max(times) - min(times)) / statistics.median(times)
 
 
+def pct(x, rounds):
+    return f"{100 * x:.1f}%" if rounds > 1 else "n/a (1 round)"
+
+
 def geomean(xs):
     return math.exp(sum(math.log(x) for x in xs) / len(xs))
 
@@ -320,7 +324,7 @@ def main():
     for wname in [w for w in workloads if w != "pyperformance"]:
         res = results[wname]
         bt, br = res["pymalloc"]
-        rows = [[a, f"{t:.3f}", f"{100 * spreads[wname][a]:.1f}%", f"{t / bt:.3f}",
+        rows = [[a, f"{t:.3f}", pct(spreads[wname][a], args.rounds), f"{t / bt:.3f}",
                  f"{r / 1024:.1f}", f"{r / br:.3f}"] for a, (t, r) in res.items()]
         print(f"\n{'## ' if md else ''}{wname}\n")
         print(table(["allocator", "wall s", "spread", "time / pymalloc", "peak RSS MiB",
@@ -337,7 +341,7 @@ def main():
         noise = statistics.median(spreads[k]["pymalloc"] for k in keys)
         print("Time: pyperf's timing of the fixed loops, as a ratio to pymalloc (the pymalloc "
               "columns are absolute: timed s, process wall s, peak RSS MiB). Median over the "
-              f"benchmarks of pymalloc's spread between rounds: {100 * noise:.1f}%.\n")
+              f"benchmarks of pymalloc's spread between rounds: {pct(noise, args.rounds)}.\n")
         rows = []
         for i, b in enumerate(benches):
             p = results[keys[i]]["pymalloc"]
