@@ -41,7 +41,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
+sys.dont_write_bytecode = True  # no __pycache__ in bench/pytrace
 import pyperf_subset  # noqa: E402
 
 LIB = os.path.join(ROOT, "target", "release", "libftmalloc.so")
