@@ -6,7 +6,8 @@
 //! - `ring/1024`: one thread keeps 1024 blocks; each step frees the oldest and allocates one of
 //!   a pseudo-random size in 16..=512 (the program `.ci/count` counts, `bench/count/ring.c`);
 //! - `pairs/all-classes`: each step allocates `16 + (i*16) % 512` bytes, writes and frees it
-//!   (`bench/count/pairs.c`);
+//!   (`bench/count/pairs.c`); these two also on the process-wide heap in free-threaded mode
+//!   (`ft-process`: `FtMalloc`, whose fast paths `Allocator` instances do not take);
 //! - `mt/<workload>`: the comparison harness's multithreaded workloads (`bench/src`), 2 threads,
 //!   timed with `iter_custom` from the workload's own barriers (thread creation excluded).
 //!
@@ -113,13 +114,26 @@ fn fast_path(c: &mut Criterion) {
         g.finish();
     }
 
+    // The ring and the pairs also on the process-wide heap in free-threaded mode (`FtMalloc`,
+    // the heap `#[global_allocator]` and the drop-in use), whose fast paths instances do not
+    // take: the cell `ft-process`. (One mode per process: the bench builds it in ft mode.)
+    let mut named: Vec<(String, &Heap)> = heaps
+        .iter()
+        .map(|(n, h)| (n.name().to_string(), h))
+        .collect();
+    let process = AllocName::Ft.instantiate_process_wide();
+    if let Some(h) = &process {
+        named.push(("ft-process".to_string(), h));
+    }
+
     let mut g = c.benchmark_group("ring/1024");
     g.throughput(Throughput::Elements(1));
-    for (name, heap) in &heaps {
+    for (name, heap) in &named {
+        let heap = *heap;
         let mut ring = vec![(std::ptr::null_mut::<u8>(), 0usize); 1024];
         let (mut i, mut x) = (0usize, 12345u32);
         g.bench_function(
-            name.name(),
+            name.as_str(),
             |b| with_heap!(heap, a => b.iter(|| ring_step(a, &mut ring, &mut i, &mut x))),
         );
         with_heap!(heap, a => ring_drain(a, &mut ring));
@@ -128,9 +142,10 @@ fn fast_path(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("pairs/all-classes");
     g.throughput(Throughput::Elements(1));
-    for (name, heap) in &heaps {
+    for (name, heap) in &named {
+        let heap = *heap;
         let mut i = 0usize;
-        g.bench_function(name.name(), |b| {
+        g.bench_function(name.as_str(), |b| {
             with_heap!(heap, a => b.iter(|| {
                 i = i.wrapping_add(1);
                 let layout = Layout::from_size_align(16 + (i * 16) % 512, 8).expect("small");
