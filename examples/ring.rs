@@ -4,9 +4,15 @@
 //! `ring_dealloc` (never inlined, so the allocator's code is counted wherever the compiler puts
 //! it; each adds a jump) by their calls (two step counts, so start-up and exit cancel).
 //!
-//! `cargo run --release --example ring -- 1000000`
+//! With a second argument `instance`, the same ring runs on an `Allocator` instance (mode from
+//! `FTMALLOC_MODE`, default free-threaded) through `inst_alloc` / `inst_dealloc`: the general
+//! path that instances take (the Python package's heap is one).
+//!
+//! `cargo run --release --example ring -- 1000000 [instance]`
 
 use std::alloc::{alloc, dealloc, Layout};
+
+use ftmalloc::{Allocator, Mode};
 
 #[global_allocator]
 static A: ftmalloc::FtMalloc = ftmalloc::FtMalloc;
@@ -31,11 +37,78 @@ unsafe fn ring_dealloc(p: *mut u8, layout: Layout) {
     unsafe { dealloc(p, layout) }
 }
 
+/// `Allocator::alloc` on an instance, never inlined (the counted unit).
+///
+/// # Safety
+/// As `Allocator::alloc`.
+#[inline(never)]
+unsafe fn inst_alloc(a: &Allocator, layout: Layout) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    unsafe { a.alloc(layout) }
+}
+
+/// `Allocator::dealloc` on an instance, never inlined (the counted unit).
+///
+/// # Safety
+/// As `Allocator::dealloc`.
+#[inline(never)]
+unsafe fn inst_dealloc(a: &Allocator, p: *mut u8, layout: Layout) {
+    // SAFETY: forwarded contract.
+    unsafe { a.dealloc(p, layout) }
+}
+
 fn main() {
-    let steps: usize = std::env::args()
-        .nth(1)
+    let mut args = std::env::args().skip(1);
+    let steps: usize = args
+        .next()
         .map(|s| s.parse().expect("steps: a whole number"))
         .unwrap_or(1_000_000);
+    match args.next().as_deref() {
+        None => ring(steps),
+        Some("instance") => {
+            let mode = match std::env::var("FTMALLOC_MODE") {
+                Ok(m) if !m.is_empty() => Mode::from_name(&m).unwrap_or_else(|| {
+                    panic!("FTMALLOC_MODE={m:?}: accepted: {}", Mode::NAMES.join(", "))
+                }),
+                _ => Mode::FreeThreaded,
+            };
+            instance_ring(steps, &Allocator::new(mode));
+        }
+        Some(other) => panic!("second argument {other:?}: accepted: instance"),
+    }
+}
+
+/// The ring on an instance.
+fn instance_ring(steps: usize, a: &Allocator) {
+    let mut ring = [(std::ptr::null_mut::<u8>(), 0usize); 1024];
+    let mut x: u32 = 12345;
+    for i in 0..steps {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        let size = 16 + (x % 32) as usize * 16;
+        let slot = &mut ring[i & 1023];
+        if !slot.0.is_null() {
+            // SAFETY: allocated below from `a` with this layout, freed once.
+            unsafe { inst_dealloc(a, slot.0, Layout::from_size_align_unchecked(slot.1, 8)) };
+        }
+        // SAFETY: a non-zero size, alignment 8.
+        let p = unsafe { inst_alloc(a, Layout::from_size_align_unchecked(size, 8)) };
+        assert!(!p.is_null());
+        // SAFETY: a fresh block of `size` bytes.
+        unsafe { p.write(1) };
+        *slot = (p, size);
+    }
+    for (p, size) in ring {
+        if !p.is_null() {
+            // SAFETY: live blocks of `a` allocated with these layouts.
+            unsafe { a.dealloc(p, Layout::from_size_align_unchecked(size, 8)) };
+        }
+    }
+}
+
+/// The ring through `#[global_allocator]`.
+fn ring(steps: usize) {
     let mut ring = [(std::ptr::null_mut::<u8>(), 0usize); 1024];
     let mut x: u32 = 12345;
     for i in 0..steps {

@@ -267,6 +267,24 @@ impl<F: Front> Heap<F> {
     /// As [`free`](Self::free); `local` `NO_LOCAL` or the caller's own.
     #[inline(always)]
     unsafe fn free_with(&self, ptr: *mut u8, local: F::Local) {
+        if !self.debug && !cfg!(feature = "asan") {
+            // The front's fast free first (a pool the caller's cache owns), with one map
+            // lookup for every pointer: a foreign one goes underneath at once.
+            if self.arenas.map.lookup(ptr as usize).is_none() {
+                if !ptr.is_null() {
+                    // SAFETY: not ours, so by contract it belongs to the allocator underneath.
+                    unsafe { large::free(ptr) };
+                }
+                return;
+            }
+            let geo = &self.arenas.geo;
+            let pool = geo.pool_of(ptr as usize) as *mut PoolHeader;
+            // SAFETY: the map knows ptr, so `pool` is its pool's header in a mapped arena of
+            // ours; `local` as the contract says; the front checks the block or misses.
+            if unsafe { self.front.free_owned(pool, ptr, geo, local, &self.arenas) } {
+                return;
+            }
+        }
         // SAFETY: forwarded contract.
         unsafe { self.free_as(ptr, local, self.debug) }
     }

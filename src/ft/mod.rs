@@ -207,6 +207,37 @@ fn thread_exiting(tid: usize) {
     }
 }
 
+/// The fast free into a pool the cache `c` (null: none) owns, when that is cheap
+/// (`Cache::free_fast`); false (nothing done) on any miss. Ownership is tested first: a pool
+/// the cache owns was prepared by it (a class in range, a carve mark), so the block check then
+/// tests only the block's start and the pool's reference count.
+///
+/// # Safety
+/// `c` is null or the calling thread's own cache; `pool` is the header of `block`'s pool in a
+/// mapped arena of the heap; `block` is live or invalid (an invalid one misses); `geo` is the
+/// heap's geometry.
+#[inline(always)]
+unsafe fn free_into_owned(
+    c: *mut Cache,
+    pool: *mut PoolHeader,
+    block: *mut u8,
+    geo: &Geometry,
+) -> bool {
+    // SAFETY: a cache is used by its thread only; `pool` is a header in a mapped arena, so
+    // `owns` may read its owner word; an owned pool is prepared (thread_cache: the owner stores
+    // its token after preparing), which `check_owned_block` requires; a checked block with
+    // refs > 0 is live by the contract.
+    unsafe {
+        if c.is_null() || !(*c).owns(pool) {
+            return false;
+        }
+        match PoolHeader::check_owned_block(pool, block as usize, geo) {
+            Some((class, refs)) => (*c).free_fast(pool, block, class as usize, refs),
+            None => false,
+        }
+    }
+}
+
 pub(crate) struct FtHeap {
     id: usize,
     /// True for the process-wide heap ([`FtMalloc`](crate::FtMalloc)), whose thread caches are
@@ -594,20 +625,30 @@ impl Front for FtHeap {
         geo: &Geometry,
         _arenas: &Arenas,
     ) -> bool {
-        let c = self.bound_cache_of_process_heap();
-        // SAFETY: a bound cache is used by the calling thread only; `pool` is a header in a
-        // mapped arena (the trait's contract), so `owns` may read its owner word; an owned
-        // pool is prepared (thread_cache: the owner stores its token after preparing), which
-        // `check_owned_block` requires; a checked block with refs > 0 is live by the contract.
-        unsafe {
-            if c.is_null() || !(*c).owns(pool) {
-                return false;
-            }
-            match PoolHeader::check_owned_block(pool, block as usize, geo) {
-                Some((class, refs)) => (*c).free_fast(pool, block, class as usize, refs),
-                None => false,
-            }
-        }
+        // SAFETY: the process heap's bound cache is the calling thread's own; the rest is the
+        // trait's contract.
+        unsafe { free_into_owned(self.bound_cache_of_process_heap(), pool, block, geo) }
+    }
+
+    /// As `free_fast`, for any heap: the caller's cache, or the thread's bound cache of this
+    /// heap.
+    #[inline(always)]
+    unsafe fn free_owned(
+        &self,
+        pool: *mut PoolHeader,
+        block: *mut u8,
+        geo: &Geometry,
+        cache: *mut Cache,
+        _arenas: &Arenas,
+    ) -> bool {
+        let c = if cache.is_null() {
+            self.bound_cache()
+        } else {
+            cache
+        };
+        // SAFETY: a non-null `cache` is the caller's own (the trait's contract), a bound cache
+        // the calling thread's; the rest is the trait's contract.
+        unsafe { free_into_owned(c, pool, block, geo) }
     }
 
     #[inline(always)]

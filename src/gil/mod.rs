@@ -436,6 +436,32 @@ impl Front for GilHeap {
         }
     }
 
+    /// An instance's free with the block check made once: the check, then the whole free
+    /// under the lock; false (nothing done) when the check fails (the general path reports
+    /// it) or a fork holds the lock (the general path defers the free).
+    #[inline(always)]
+    unsafe fn free_owned(
+        &self,
+        pool: *mut PoolHeader,
+        block: *mut u8,
+        geo: &Geometry,
+        _local: (),
+        arenas: &Arenas,
+    ) -> bool {
+        // SAFETY: `pool` is a header in a mapped arena of ours (the trait's contract).
+        match unsafe { PoolHeader::check_block(pool, block as usize, geo) } {
+            Ok((_, refs)) if refs != 0 => match self.lock(&arenas.map) {
+                Some(mut g) => {
+                    // SAFETY: a checked block of a pool in use: live by the contract.
+                    unsafe { g.free(pool, block, &arenas.map) };
+                    true
+                }
+                None => false,
+            },
+            _ => false,
+        }
+    }
+
     #[inline(always)]
     unsafe fn free(&self, pool: *mut PoolHeader, block: *mut u8, _local: (), arenas: &Arenas) {
         match self.lock(&arenas.map) {

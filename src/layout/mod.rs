@@ -140,6 +140,24 @@ pub(crate) trait Front: Sized {
         false
     }
 
+    /// Any heap's fast path of `free` (debug mode off): as `free_fast`, for the caller's `local`
+    /// (`NO_LOCAL`: the calling thread's own state) and the heap's geometry `geo`. True when
+    /// done; false when it misses (nothing done; the caller takes the general path).
+    ///
+    /// # Safety
+    /// As `free_fast`; `local` as for `free`.
+    #[inline(always)]
+    unsafe fn free_owned(
+        &self,
+        _pool: *mut PoolHeader,
+        _block: *mut u8,
+        _geo: &Geometry,
+        _local: Self::Local,
+        _arenas: &Arenas,
+    ) -> bool {
+        false
+    }
+
     /// Fills the per-class rows and counters of `stats`.
     fn fill_stats(&self, stats: &mut Stats, arenas: &Arenas);
 
