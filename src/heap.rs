@@ -525,6 +525,42 @@ impl Allocator {
         Ok(Allocator { inner })
     }
 
+    /// A GIL-mode heap with no lock of its own: pymalloc's algorithms, serialised by the
+    /// caller's lock, as `obmalloc.c` runs under CPython's GIL. Every call takes the same paths
+    /// as [`Mode::Gil`]'s except that the heap's lock is neither taken nor released;
+    /// [`mode`](Self::mode) says [`Mode::Gil`] and
+    /// [`is_serialized_by_caller`](Self::is_serialized_by_caller) says true. Refuses `config`
+    /// as [`with_config`](Self::with_config) does.
+    ///
+    /// # Safety
+    /// The caller serialises every call on the returned allocator and on anything borrowed
+    /// from it ([`ThreadCache`] handles included): `alloc`, `alloc_zeroed`, `realloc`, `free`,
+    /// `dealloc`, `usable_size`, `stats`, `trim`, `thread_cache` and the handles' methods, and
+    /// the drop. No two of them may run at once, from any threads, and each must happen
+    /// before the next (a `Mutex` held across each call does both; so does CPython's GIL held
+    /// across each call of the `PYMEM_DOMAIN_MEM` and `PYMEM_DOMAIN_OBJ` allocators). Only
+    /// `mode`, `geometry`, `owns` and `is_serialized_by_caller` may be called without it.
+    /// The allocator must not be made the process-wide heap (it has no `fork` protocol: a
+    /// `fork` while another thread is inside a call is the caller's lock's business).
+    pub unsafe fn serialized_by_caller(config: Config) -> Result<Allocator, ConfigError> {
+        let mut heap = Heap::<GilHeap>::with_config(config)?;
+        // SAFETY: the heap is not shared yet; the caller serialises every later call (the
+        // contract above, which is `set_serialized_by_caller`'s).
+        unsafe { heap.front.set_serialized_by_caller() };
+        Ok(Allocator {
+            inner: Inner::Gil(heap),
+        })
+    }
+
+    /// True for a heap built by [`serialized_by_caller`](Self::serialized_by_caller) (GIL
+    /// mode without a lock of its own); false for every other.
+    pub fn is_serialized_by_caller(&self) -> bool {
+        match &self.inner {
+            Inner::Gil(h) => h.front.is_serialized_by_caller(),
+            Inner::Ft(_) => false,
+        }
+    }
+
     /// The mode this heap was built with.
     pub fn mode(&self) -> Mode {
         dispatch!(&self.inner, h => h.mode())

@@ -47,6 +47,16 @@
 //!
 //! The lock and the fork protocol are outside the loom facade (loom has no futex); they are
 //! tested by `tests/c/fork_orders.c` under the drop-in and `tests/global_fork.rs`.
+//!
+//! # Serialised by the caller
+//! A heap built by [`Allocator::serialized_by_caller`](crate::Allocator::serialized_by_caller)
+//! has `serialized` set, once, before it is shared: its caller promised that every call on it
+//! is serialised by a lock of the caller's own (CPython's GIL, for the `PyMem_*` domains that
+//! are only called with it held). [`GilHeap::lock`] and [`GilHeap::lock_wait`] then hand out the
+//! guard without touching `state`, and dropping the guard releases nothing: pymalloc's
+//! algorithms run under the caller's lock, as `obmalloc.c` runs under the GIL. Such a heap is
+//! never the process-wide one, so the fork protocol above never runs on it (`fork` safety is
+//! the caller's lock's business, as it is CPython's).
 
 mod pymalloc;
 
@@ -71,6 +81,9 @@ pub(crate) struct GilHeap {
     /// Blocks freed while a fork held the lock (protocol step 2), linked through their first word.
     deferred: AtomicPtr<u8>,
     core: UnsafeCell<GilCore>,
+    /// Every call is serialised by the caller's own lock (see *Serialised by the caller*):
+    /// set before the heap is shared, never changed afterwards.
+    serialized: bool,
 }
 
 const LOCKED: u32 = 1;
@@ -91,13 +104,16 @@ std::thread_local! {
 // SAFETY: the raw pointers in GilCore point into mappings owned by the heap and are only
 // dereferenced with the lock held.
 unsafe impl Send for GilCore {}
-// SAFETY: `core` is reached only through a `GilGuard`, which exists only while the lock is held;
-// every other field is atomic.
+// SAFETY: `core` is reached only through a `GilGuard`, which exists only while the lock is held
+// (or, for a heap serialised by its caller, while the caller's own lock is held: the contract of
+// `set_serialized_by_caller`); `serialized` is written before the heap is shared; every other
+// field is atomic.
 unsafe impl Sync for GilHeap {}
 // SAFETY: as above; the heap owns its mappings.
 unsafe impl Send for GilHeap {}
 
-/// The lock held: derefs to the [`GilCore`]; releasing frees deferred blocks first.
+/// The lock held (or the caller's, for a heap serialised by its caller): derefs to the
+/// [`GilCore`]; releasing frees deferred blocks first.
 pub(crate) struct GilGuard<'a> {
     heap: &'a GilHeap,
     map: &'a ArenaMap,
@@ -107,7 +123,8 @@ impl Deref for GilGuard<'_> {
     type Target = GilCore;
     #[inline(always)]
     fn deref(&self) -> &GilCore {
-        // SAFETY: a guard exists only while its thread holds the lock.
+        // SAFETY: a guard exists only while its thread holds the lock (or the caller's lock
+        // serialises the heap).
         unsafe { &*self.heap.core.get() }
     }
 }
@@ -123,6 +140,10 @@ impl DerefMut for GilGuard<'_> {
 impl Drop for GilGuard<'_> {
     #[inline(always)]
     fn drop(&mut self) {
+        if self.heap.serialized {
+            // The caller's lock serialises this heap: there is nothing of ours to release.
+            return;
+        }
         if self
             .heap
             .state
@@ -145,13 +166,35 @@ impl GilHeap {
             state: AtomicU32::new(0),
             deferred: AtomicPtr::new(ptr::null_mut()),
             core: UnsafeCell::new(GilCore::new(geo)?),
+            serialized: false,
         })
+    }
+
+    /// Makes this heap rely on its caller's lock instead of its own (see *Serialised by the
+    /// caller* in the module docs). Called once, before the heap is shared.
+    ///
+    /// # Safety
+    /// From now on, every call on this heap (allocation, free, statistics, drop) is serialised
+    /// by the caller, each call happening before the next (a mutex or CPython's GIL held across
+    /// each call); the heap is never the process-wide one (its fork handlers never run).
+    pub(crate) unsafe fn set_serialized_by_caller(&mut self) {
+        self.serialized = true;
+    }
+
+    /// Whether this heap relies on its caller's lock (see
+    /// [`set_serialized_by_caller`](Self::set_serialized_by_caller)).
+    pub(crate) fn is_serialized_by_caller(&self) -> bool {
+        self.serialized
     }
 
     /// Takes the lock (the GIL) for an allocation or a free; `None` while a fork holds it
     /// (protocol step 2: serve the request without the heap).
     #[inline(always)]
     pub(crate) fn lock<'a>(&'a self, map: &'a ArenaMap) -> Option<GilGuard<'a>> {
+        if self.serialized {
+            // The caller holds its own lock across this call (the constructor's contract).
+            return Some(GilGuard { heap: self, map });
+        }
         if self
             .state
             .compare_exchange(0, LOCKED, Ordering::Acquire, Ordering::Relaxed)
@@ -183,6 +226,10 @@ impl GilHeap {
     /// Takes the lock, waiting through a fork (statistics, checks, drop: never called from
     /// `pthread_atfork` handlers).
     pub(crate) fn lock_wait<'a>(&'a self, map: &'a ArenaMap) -> GilGuard<'a> {
+        if self.serialized {
+            // As in `lock`: the caller's lock is held.
+            return GilGuard { heap: self, map };
+        }
         loop {
             if let Some(g) = self.lock_slow(map, true) {
                 return g;
