@@ -571,6 +571,22 @@ impl Allocator {
         dispatch!(&self.inner, h => &h.arenas.geo)
     }
 
+    /// The largest request (alignment <= 16) served from this heap's pools: the geometry's
+    /// `small_limit`, less debug mode's header and guards when debug mode is on. Larger
+    /// requests go to the allocator underneath, and so does a zero-size one outside debug
+    /// mode; a wrapper that sends only requests of 1 to this many bytes here gets blocks that
+    /// [`owns`](Self::owns) recognises.
+    pub fn pooled_limit(&self) -> usize {
+        dispatch!(&self.inner, h => {
+            let limit = h.arenas.geo.small_limit;
+            if h.debug {
+                limit.saturating_sub(debug::OVERHEAD)
+            } else {
+                limit
+            }
+        })
+    }
+
     /// True when `ptr` lies inside one of this heap's arenas. Safe for any address.
     #[inline]
     pub fn owns(&self, ptr: *const u8) -> bool {

@@ -51,6 +51,23 @@ fn serialized_heap_reports_itself() {
     assert!(heap.is_serialized_by_caller());
     assert!(!Allocator::new(Mode::Gil).is_serialized_by_caller());
     assert!(!Allocator::new(Mode::FreeThreaded).is_serialized_by_caller());
+    // The pooled limit: every request up to it is a block the heap owns, one above it is not.
+    for debug in [false, true] {
+        // SAFETY: as above.
+        let heap =
+            unsafe { Allocator::serialized_by_caller(Config::PYMALLOC.with_debug(debug)) }.unwrap();
+        let limit = heap.pooled_limit();
+        assert_eq!(limit, if debug { 512 - 48 } else { 512 });
+        for (size, pooled) in [(1, true), (limit, true), (limit + 1, false)] {
+            let layout = Layout::from_size_align(size, 16).unwrap();
+            // SAFETY: freed at once.
+            unsafe {
+                let p = heap.alloc(layout);
+                assert_eq!(heap.owns(p), pooled, "size {size}, debug {debug}");
+                heap.free(p);
+            }
+        }
+    }
     // A bad configuration is refused as with_config refuses it.
     // SAFETY: as above.
     let err = unsafe { Allocator::serialized_by_caller(Config::new(3000, 1 << 20)) }.unwrap_err();

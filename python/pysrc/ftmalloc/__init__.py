@@ -1,0 +1,82 @@
+"""ftmalloc inside CPython: ftmalloc's heap as the allocator of the MEM and OBJ domains.
+
+``install(mode)`` wraps the running interpreter's ``PyMem_*`` and ``PyObject_*`` allocators
+(``PyMem_SetAllocator``): requests of 1 to 512 bytes go to an ftmalloc heap, larger ones (and
+size 0) to the allocator that was there; pointers the heap does not own (objects made before
+``install``, large blocks) go back to that allocator. The raw domain is left as it is.
+
+Modes: ``"gil"`` runs pymalloc's algorithms with no lock of their own, serialised by the GIL
+(as ``obmalloc.c`` is); ``"ft"`` runs the free-threaded heap (thread caches, no lock).
+
+There is no uninstall: blocks of the heap must never reach the wrapped allocator.
+``install`` refuses a second call, an unknown mode, a bad ``FTMALLOC_DEBUG`` and a running
+tracemalloc, and changes nothing when it raises.
+
+Start-up without editing a program: ``python -m ftmalloc run [--mode M] script.py args...``
+or ``... run [--mode M] -m module args...``, or ``FTMALLOC_PYTHON=gil|ft`` in the environment
+(read at start-up by the ``ftmalloc-startup.pth`` hook, so child interpreters get it too).
+"""
+
+import sys
+
+from ftmalloc import _ftmalloc
+
+__all__ = ["MODES", "ENV", "install", "mode", "debug", "owns", "stats", "print_stats"]
+
+#: The accepted modes.
+MODES = ("gil", "ft")
+#: The environment variable the start-up hook reads.
+ENV = "FTMALLOC_PYTHON"
+
+
+def install(mode="ft"):
+    """Make ftmalloc the allocator of the MEM and OBJ domains, in ``mode`` ("gil" or "ft").
+
+    Raises ValueError for an unknown mode or a bad FTMALLOC_DEBUG, RuntimeError when ftmalloc
+    is already installed or tracemalloc is tracing; nothing is changed then.
+    """
+    if not isinstance(mode, str):
+        raise TypeError(
+            f"ftmalloc: mode must be a str, not {type(mode).__name__} ({mode!r}); "
+            f"accepted values: {', '.join(repr(m) for m in MODES)}"
+        )
+    _ftmalloc.install(mode)
+
+
+def mode():
+    """The installed mode ("gil" or "ft"), or None when ftmalloc is not installed."""
+    return _ftmalloc.mode()
+
+
+def debug():
+    """Whether the installed heap runs in debug mode (FTMALLOC_DEBUG=1); None before install."""
+    return _ftmalloc.debug()
+
+
+def owns(address):
+    """Whether ``address`` (an int, e.g. ``id(obj)``) lies inside the installed heap's arenas:
+    True for objects the heap serves, False for others and before install."""
+    return _ftmalloc.owns(address)
+
+
+def stats():
+    """The installed heap's statistics as a dict, or None when ftmalloc is not installed.
+
+    Keys: the geometry (pool_size, arena_size, pool_overhead, small_limit, num_classes),
+    ``classes`` (one dict per size class in use: class, size, pools, blocks_in_use,
+    blocks_available), the arena counters (arenas_allocated_total, arenas_reclaimed,
+    arenas_highwater, arenas_current), derived counts (pools_in_use, blocks_in_use, the bytes_*
+    rows of sys._debugmallocstats(), total, mapped_bytes) and the free-threaded counts
+    (thread_caches, cached_pools, abandoned_pools, max_cached_pools, dirty_pools,
+    pools_purged; 0 in GIL mode).
+    """
+    return _ftmalloc.stats()
+
+
+def print_stats(file=None):
+    """Print the installed heap's statistics as sys._debugmallocstats() prints pymalloc's
+    (to sys.stderr by default). Raises RuntimeError when ftmalloc is not installed."""
+    text = _ftmalloc.stats_text()
+    if text is None:
+        raise RuntimeError("ftmalloc is not installed; call ftmalloc.install() first")
+    print(text, end="", file=sys.stderr if file is None else file)

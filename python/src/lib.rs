@@ -1,0 +1,407 @@
+//! `ftmalloc._ftmalloc`: ftmalloc as CPython's allocator for the `PYMEM_DOMAIN_MEM` and
+//! `PYMEM_DOMAIN_OBJ` domains, installed with `PyMem_SetAllocator` into a running interpreter.
+//!
+//! # What `install` wraps
+//! The C-API's rule for an allocator set after start-up is that it wraps the one it replaces:
+//! memory handed out before stays the old allocator's. So each domain gets a [`Wrapped`]
+//! context holding the heap and the domain's previous allocator, and four functions that route
+//! by size and by owner:
+//! - `malloc`/`calloc` of 1 to [`Allocator::pooled_limit`] bytes (512, less debug mode's
+//!   overhead): the heap; of 0 bytes or more than that: the wrapped allocator;
+//! - `free` of a pointer the heap owns (its arena map answers, [`Allocator::owns`]): the heap;
+//!   any other pointer: the wrapped allocator, so objects made before `install` stay valid;
+//! - `realloc` of a foreign pointer: the wrapped allocator's `realloc`, whatever the size; of
+//!   one of ours to a pooled size: the heap's `realloc`; of one of ours to 0 bytes or above
+//!   the pooled limit: the wrapped `malloc`, a copy, then the heap's `free`.
+//!
+//! The raw domain is left alone (it is called without the GIL, and CPython's own start-up
+//! memory lives there).
+//!
+//! # No uninstall
+//! Once installed, blocks of the heap live in every corner of the interpreter. Putting the
+//! previous allocators back would send those blocks to an allocator that does not own them, so
+//! there is no uninstall: the heap and the two contexts are leaked, and live as long as the
+//! process.
+//!
+//! # The two modes
+//! `"ft"`: a free-threaded heap (`Mode::FreeThreaded`), as it runs anywhere else. `"gil"`: a
+//! GIL-mode heap serialised by its caller ([`Allocator::serialized_by_caller`]): the MEM and
+//! OBJ domains are called only with the GIL held (CPython 3.11 and later, GIL builds), so the
+//! GIL is the heap's lock, as it is pymalloc's. Statistics are read with the GIL held too.
+
+use ftmalloc::{Allocator, Config, Mode, Stats};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::ffi::{PyMemAllocatorDomain, PyMemAllocatorEx, PyMem_GetAllocator, PyMem_SetAllocator};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use std::alloc::Layout;
+use std::ffi::c_void;
+use std::sync::OnceLock;
+
+/// Alignment of every block handed to CPython (pymalloc's, on 64-bit).
+const ALIGN: usize = 16;
+
+type MallocFn = extern "C" fn(*mut c_void, usize) -> *mut c_void;
+type CallocFn = extern "C" fn(*mut c_void, usize, usize) -> *mut c_void;
+type ReallocFn = extern "C" fn(*mut c_void, *mut c_void, usize) -> *mut c_void;
+type FreeFn = extern "C" fn(*mut c_void, *mut c_void);
+
+/// One domain's context: the heap and the allocator it wraps.
+struct Wrapped {
+    heap: &'static Allocator,
+    /// Requests of 1 to `limit` bytes go to the heap ([`Allocator::pooled_limit`]).
+    limit: usize,
+    /// The wrapped allocator's context and functions (all present: checked by `install`).
+    ctx: *mut c_void,
+    malloc: MallocFn,
+    calloc: CallocFn,
+    realloc: ReallocFn,
+    free: FreeFn,
+}
+
+/// What `install` set up, for `mode` and `stats`.
+struct Installed {
+    heap: &'static Allocator,
+    mode: &'static str,
+    debug: bool,
+}
+
+// SAFETY: `heap` is a leaked `Allocator`, which is `Sync`; a serialised GIL heap is only called
+// with the GIL held (see the module docs), which `stats` holds too.
+unsafe impl Sync for Installed {}
+// SAFETY: as above.
+unsafe impl Send for Installed {}
+
+static INSTALLED: OnceLock<Installed> = OnceLock::new();
+
+/// Whether `size` bytes go to the heap.
+#[inline(always)]
+fn pooled(w: &Wrapped, size: usize) -> bool {
+    size.wrapping_sub(1) < w.limit
+}
+
+/// The layout of a pooled request of `size` bytes.
+#[inline(always)]
+fn layout(size: usize) -> Layout {
+    // SAFETY: ALIGN is a power of two and `size` (at most the pooled limit, 512) is far from
+    // overflowing when rounded up to it.
+    unsafe { Layout::from_size_align_unchecked(size, ALIGN) }
+}
+
+/// The context CPython passes back to the four functions.
+///
+/// # Safety
+/// `ctx` is the `ctx` of an allocator `install` set: a leaked, never freed `Wrapped`.
+#[inline(always)]
+unsafe fn wrapped<'a>(ctx: *mut c_void) -> &'a Wrapped {
+    // SAFETY: the contract.
+    unsafe { &*(ctx as *const Wrapped) }
+}
+
+extern "C" fn ft_malloc(ctx: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: CPython passes the context `install` set with this function.
+    let w = unsafe { wrapped(ctx) };
+    if pooled(w, size) {
+        // SAFETY: a valid layout; CPython calls this domain with the GIL held, which serialises
+        // a GIL-mode heap (`install` built it for that).
+        unsafe { w.heap.alloc(layout(size)).cast() }
+    } else {
+        (w.malloc)(w.ctx, size)
+    }
+}
+
+extern "C" fn ft_calloc(ctx: *mut c_void, nelem: usize, elsize: usize) -> *mut c_void {
+    // SAFETY: as in ft_malloc.
+    let w = unsafe { wrapped(ctx) };
+    match nelem.checked_mul(elsize) {
+        // SAFETY: as in ft_malloc.
+        Some(size) if pooled(w, size) => unsafe { w.heap.alloc_zeroed(layout(size)).cast() },
+        // Too large, zero or overflowing: the wrapped allocator decides.
+        _ => (w.calloc)(w.ctx, nelem, elsize),
+    }
+}
+
+extern "C" fn ft_realloc(ctx: *mut c_void, ptr: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: as in ft_malloc.
+    let w = unsafe { wrapped(ctx) };
+    if ptr.is_null() {
+        return ft_malloc(ctx, size);
+    }
+    if !w.heap.owns(ptr.cast()) {
+        // Made before install, or too large for the heap: the wrapped allocator's.
+        return (w.realloc)(w.ctx, ptr, size);
+    }
+    if pooled(w, size) {
+        // SAFETY: `ptr` is a live block of the heap (CPython passes live pointers of this
+        // domain, and the arena map says ours); `size` is not zero; serialised as in ft_malloc.
+        return unsafe { w.heap.realloc(ptr.cast(), layout(1), size).cast() };
+    }
+    // Ours, growing past the pooled limit (or shrinking to 0): the wrapped allocator takes it.
+    // SAFETY: as above (in debug mode this checks the block, as free would).
+    let old = unsafe { w.heap.usable_size(ptr.cast()) };
+    let new = (w.malloc)(w.ctx, size);
+    if new.is_null() {
+        return new;
+    }
+    // SAFETY: `old` bytes are readable at `ptr`, `new` has room for `size`; distinct blocks.
+    unsafe {
+        std::ptr::copy_nonoverlapping(ptr.cast::<u8>(), new.cast::<u8>(), old.min(size));
+        w.heap.free(ptr.cast());
+    }
+    new
+}
+
+extern "C" fn ft_free(ctx: *mut c_void, ptr: *mut c_void) {
+    // SAFETY: as in ft_malloc.
+    let w = unsafe { wrapped(ctx) };
+    if w.heap.owns(ptr.cast()) {
+        // SAFETY: a pointer of this domain the heap owns: one it handed out (a bad one aborts
+        // with a message naming it); serialised as in ft_malloc.
+        unsafe { w.heap.free(ptr.cast()) }
+    } else {
+        (w.free)(w.ctx, ptr)
+    }
+}
+
+/// The allocator of `domain` now.
+fn current(domain: PyMemAllocatorDomain) -> PyMemAllocatorEx {
+    let mut a = PyMemAllocatorEx {
+        ctx: std::ptr::null_mut(),
+        malloc: None,
+        calloc: None,
+        realloc: None,
+        free: None,
+    };
+    // SAFETY: `a` is a valid PyMemAllocatorEx to fill; the GIL is held (our callers are
+    // Python functions).
+    unsafe { PyMem_GetAllocator(domain, &mut a) };
+    a
+}
+
+/// A context for `domain`'s current allocator `a`, or why it cannot be wrapped.
+fn wrap(name: &str, a: &PyMemAllocatorEx, heap: &'static Allocator) -> Result<Wrapped, String> {
+    let (Some(malloc), Some(calloc), Some(realloc), Some(free)) =
+        (a.malloc, a.calloc, a.realloc, a.free)
+    else {
+        return Err(format!(
+            "the {name} domain's current allocator lacks a function; ftmalloc wraps only a \
+             complete allocator"
+        ));
+    };
+    if malloc as usize == ft_malloc as MallocFn as usize {
+        return Err(format!(
+            "the {name} domain is already served by ftmalloc (another copy of the extension?)"
+        ));
+    }
+    Ok(Wrapped {
+        heap,
+        limit: heap.pooled_limit(),
+        ctx: a.ctx,
+        malloc,
+        calloc,
+        realloc,
+        free,
+    })
+}
+
+/// `FTMALLOC_DEBUG`: `1` on; `0`, empty or unset off; anything else refused.
+fn debug_from_env() -> PyResult<bool> {
+    match std::env::var_os("FTMALLOC_DEBUG") {
+        None => Ok(false),
+        Some(v) => match v.to_str() {
+            Some("1") => Ok(true),
+            Some("0") | Some("") => Ok(false),
+            _ => Err(PyValueError::new_err(format!(
+                "FTMALLOC_DEBUG={v:?} is not accepted; accepted values: 1 (on), 0 or empty (off)"
+            ))),
+        },
+    }
+}
+
+/// Makes ftmalloc the allocator of the MEM and OBJ domains of this process, in `mode`
+/// (`"gil"` or `"ft"`). Once per process; refused while tracemalloc traces (its hooks would be
+/// wrapped, and stopping it would put back allocators that do not own our blocks). Reads
+/// `FTMALLOC_DEBUG`. Nothing is changed when it raises.
+#[pyfunction]
+fn install(py: Python<'_>, mode: &str) -> PyResult<()> {
+    let (mode, mode_name) = match mode {
+        "gil" => (Mode::Gil, "gil"),
+        "ft" => (Mode::FreeThreaded, "ft"),
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "ftmalloc: mode {other:?} is not accepted; accepted values: \"gil\", \"ft\""
+            )))
+        }
+    };
+    if let Some(i) = INSTALLED.get() {
+        return Err(PyRuntimeError::new_err(format!(
+            "ftmalloc is already installed in this process (mode {:?}); it can be installed \
+             once, and never uninstalled",
+            i.mode
+        )));
+    }
+    let debug = debug_from_env()?;
+    let tracing = PyModule::import(py, "tracemalloc")?
+        .call_method0("is_tracing")?
+        .is_truthy()?;
+    if tracing {
+        return Err(PyRuntimeError::new_err(
+            "ftmalloc cannot be installed while tracemalloc is tracing (tracemalloc.stop() \
+             would put back allocators that do not own ftmalloc's blocks); install ftmalloc \
+             first, then start tracemalloc",
+        ));
+    }
+    let config = Config::PYMALLOC.with_debug(debug);
+    let heap = match mode {
+        // SAFETY: the heap serves only the MEM and OBJ domains, which CPython calls with the
+        // GIL held (the C-API's rule since 3.6; CPython 3.11 and later, GIL builds); `stats`
+        // reads it with the GIL held; it is never dropped. The GIL serialises every call.
+        Mode::Gil => unsafe { Allocator::serialized_by_caller(config) },
+        Mode::FreeThreaded => Allocator::with_config(Mode::FreeThreaded, config),
+    }
+    .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    let (mem, obj) = (
+        current(PyMemAllocatorDomain::PYMEM_DOMAIN_MEM),
+        current(PyMemAllocatorDomain::PYMEM_DOMAIN_OBJ),
+    );
+    // Everything that can fail is checked before anything is leaked or set.
+    let heap: &'static Allocator = Box::leak(Box::new(heap));
+    let (wmem, wobj) = match (wrap("MEM", &mem, heap), wrap("OBJ", &obj, heap)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            // SAFETY: leaked just above and handed to no one.
+            drop(unsafe { Box::from_raw(heap as *const Allocator as *mut Allocator) });
+            return Err(PyRuntimeError::new_err(format!(
+                "ftmalloc cannot install: {e}"
+            )));
+        }
+    };
+    if INSTALLED
+        .set(Installed {
+            heap,
+            mode: mode_name,
+            debug,
+        })
+        .is_err()
+    {
+        // Unreachable with the GIL held (checked above), kept for the invariant.
+        return Err(PyRuntimeError::new_err("ftmalloc is already installed"));
+    }
+    for (domain, w) in [
+        (PyMemAllocatorDomain::PYMEM_DOMAIN_MEM, wmem),
+        (PyMemAllocatorDomain::PYMEM_DOMAIN_OBJ, wobj),
+    ] {
+        let mut a = PyMemAllocatorEx {
+            ctx: Box::into_raw(Box::new(w)).cast(),
+            malloc: Some(ft_malloc),
+            calloc: Some(ft_calloc),
+            realloc: Some(ft_realloc),
+            free: Some(ft_free),
+        };
+        // SAFETY: a complete allocator whose context is leaked (lives for ever); the GIL is
+        // held, so no call of this domain runs while it is replaced. Blocks the previous
+        // allocator handed out reach it through the context.
+        unsafe { PyMem_SetAllocator(domain, &mut a) };
+    }
+    Ok(())
+}
+
+/// The installed mode (`"gil"` or `"ft"`), or `None` before `install`.
+#[pyfunction]
+fn mode() -> Option<&'static str> {
+    INSTALLED.get().map(|i| i.mode)
+}
+
+/// Whether the installed heap runs in debug mode (`FTMALLOC_DEBUG=1` at install); `None`
+/// before `install`.
+#[pyfunction]
+fn debug() -> Option<bool> {
+    INSTALLED.get().map(|i| i.debug)
+}
+
+/// Whether `address` lies inside the installed heap's arenas (its arena map answers; safe for
+/// any address): `id(obj)` of an object the heap serves says true. False before `install`.
+#[pyfunction]
+fn owns(address: usize) -> bool {
+    INSTALLED
+        .get()
+        .is_some_and(|i| i.heap.owns(address as *const u8))
+}
+
+/// A snapshot of the installed heap, or `None` before `install`.
+fn snapshot() -> Option<Stats> {
+    // The GIL is held (a Python function), which serialises a GIL-mode heap; the snapshot
+    // allocates nothing, so no allocation of ours re-enters the heap while it is taken.
+    INSTALLED.get().map(|i| i.heap.stats())
+}
+
+/// The installed heap's statistics as a dict (see `ftmalloc.Stats` in Rust): geometry, one
+/// row per size class in use, arena counters, derived byte counts and, in free-threaded mode,
+/// the thread-cache counts. `None` before `install`.
+#[pyfunction]
+fn stats(py: Python<'_>) -> PyResult<Option<Bound<'_, PyDict>>> {
+    let Some(s) = snapshot() else {
+        return Ok(None);
+    };
+    let d = PyDict::new(py);
+    d.set_item("mode", s.mode.name())?;
+    d.set_item("pool_size", s.pool_size)?;
+    d.set_item("arena_size", s.arena_size)?;
+    d.set_item("pool_overhead", s.pool_overhead)?;
+    d.set_item("small_limit", s.small_limit)?;
+    d.set_item("num_classes", s.num_classes)?;
+    let rows = PyList::empty(py);
+    for (class, row) in s.classes[..s.num_classes].iter().enumerate() {
+        if row.pools == 0 {
+            continue;
+        }
+        let r = PyDict::new(py);
+        r.set_item("class", class)?;
+        r.set_item("size", row.size)?;
+        r.set_item("pools", row.pools)?;
+        r.set_item("blocks_in_use", row.blocks_in_use)?;
+        r.set_item("blocks_available", row.blocks_available)?;
+        rows.append(r)?;
+    }
+    d.set_item("classes", rows)?;
+    d.set_item("arenas_allocated_total", s.counters.allocated_total)?;
+    d.set_item("arenas_reclaimed", s.counters.reclaimed)?;
+    d.set_item("arenas_highwater", s.counters.highwater)?;
+    d.set_item("arenas_current", s.counters.current)?;
+    d.set_item("unused_pools", s.unused_pools)?;
+    d.set_item("pools_in_use", s.pools_in_use())?;
+    d.set_item("blocks_in_use", s.blocks_in_use())?;
+    d.set_item("bytes_in_allocated_blocks", s.bytes_in_allocated_blocks())?;
+    d.set_item("bytes_in_available_blocks", s.bytes_in_available_blocks())?;
+    d.set_item("bytes_in_unused_pools", s.bytes_in_unused_pools())?;
+    d.set_item("bytes_lost_to_pool_headers", s.bytes_lost_to_pool_headers())?;
+    d.set_item("bytes_lost_to_quantization", s.bytes_lost_to_quantization())?;
+    d.set_item("total", s.total())?;
+    d.set_item("mapped_bytes", s.mapped_bytes())?;
+    d.set_item("thread_caches", s.thread_caches)?;
+    d.set_item("cached_pools", s.cached_pools)?;
+    d.set_item("abandoned_pools", s.abandoned_pools)?;
+    d.set_item("max_cached_pools", s.max_cached_pools)?;
+    d.set_item("dirty_pools", s.dirty_pools)?;
+    d.set_item("pools_purged", s.pools_purged)?;
+    Ok(Some(d))
+}
+
+/// The installed heap's statistics as `sys._debugmallocstats()` prints pymalloc's, or `None`
+/// before `install`.
+#[pyfunction]
+fn stats_text() -> Option<String> {
+    snapshot().map(|s| s.to_string())
+}
+
+/// The Rust half of the `ftmalloc` package (see the module docs).
+#[pymodule]
+fn _ftmalloc(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(install, m)?)?;
+    m.add_function(wrap_pyfunction!(mode, m)?)?;
+    m.add_function(wrap_pyfunction!(debug, m)?)?;
+    m.add_function(wrap_pyfunction!(owns, m)?)?;
+    m.add_function(wrap_pyfunction!(stats, m)?)?;
+    m.add_function(wrap_pyfunction!(stats_text, m)?)?;
+    Ok(())
+}
