@@ -3,7 +3,7 @@
 //!
 //! # What `install` wraps
 //! The C-API's rule for an allocator set after start-up is that it wraps the one it replaces:
-//! memory handed out before stays the old allocator's. So each domain gets a [`Wrapped`]
+//! memory handed out before stays the old allocator's. So each domain gets a `Wrapped`
 //! context holding the heap and the domain's previous allocator, and four functions that route
 //! by size and by owner:
 //! - `malloc`/`calloc` of 1 to [`Allocator::pooled_limit`] bytes (512, less debug mode's
@@ -29,6 +29,9 @@
 //! OBJ domains are called only with the GIL held (CPython 3.11 and later, GIL builds), so the
 //! GIL is the heap's lock, as it is pymalloc's. Statistics are read with the GIL held too.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
 use ftmalloc::{Allocator, Config, Mode, Stats};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::ffi::{PyMemAllocatorDomain, PyMemAllocatorEx, PyMem_GetAllocator, PyMem_SetAllocator};
@@ -41,6 +44,7 @@ use std::sync::OnceLock;
 /// Alignment of every block handed to CPython (pymalloc's, on 64-bit).
 const ALIGN: usize = 16;
 
+/// The functions of a `PyMemAllocatorEx`.
 type MallocFn = extern "C" fn(*mut c_void, usize) -> *mut c_void;
 type CallocFn = extern "C" fn(*mut c_void, usize, usize) -> *mut c_void;
 type ReallocFn = extern "C" fn(*mut c_void, *mut c_void, usize) -> *mut c_void;
@@ -98,6 +102,7 @@ unsafe fn wrapped<'a>(ctx: *mut c_void) -> &'a Wrapped {
     unsafe { &*(ctx as *const Wrapped) }
 }
 
+/// The domains' `malloc`: pooled sizes from the heap, others from the wrapped allocator.
 extern "C" fn ft_malloc(ctx: *mut c_void, size: usize) -> *mut c_void {
     // SAFETY: CPython passes the context `install` set with this function.
     let w = unsafe { wrapped(ctx) };
@@ -110,6 +115,7 @@ extern "C" fn ft_malloc(ctx: *mut c_void, size: usize) -> *mut c_void {
     }
 }
 
+/// The domains' `calloc`: as `ft_malloc`, for `nelem * elsize` zeroed bytes.
 extern "C" fn ft_calloc(ctx: *mut c_void, nelem: usize, elsize: usize) -> *mut c_void {
     // SAFETY: as in ft_malloc.
     let w = unsafe { wrapped(ctx) };
@@ -121,6 +127,7 @@ extern "C" fn ft_calloc(ctx: *mut c_void, nelem: usize, elsize: usize) -> *mut c
     }
 }
 
+/// The domains' `realloc`: by owner, then by size (see the module docs).
 extern "C" fn ft_realloc(ctx: *mut c_void, ptr: *mut c_void, size: usize) -> *mut c_void {
     // SAFETY: as in ft_malloc.
     let w = unsafe { wrapped(ctx) };
@@ -151,6 +158,8 @@ extern "C" fn ft_realloc(ctx: *mut c_void, ptr: *mut c_void, size: usize) -> *mu
     new
 }
 
+/// The domains' `free`: the heap's blocks to the heap, any other pointer to the wrapped
+/// allocator.
 extern "C" fn ft_free(ctx: *mut c_void, ptr: *mut c_void) {
     // SAFETY: as in ft_malloc.
     let w = unsafe { wrapped(ctx) };
