@@ -249,6 +249,18 @@ fn install(py: Python<'_>, mode: &str) -> PyResult<()> {
             i.mode
         )));
     }
+    if mode == Mode::Gil
+        && PyModule::import(py, "sysconfig")?
+            .call_method1("get_config_var", ("Py_GIL_DISABLED",))?
+            .is_truthy()?
+    {
+        // A free-threaded build calls these domains without a GIL: nothing would serialise a
+        // GIL-mode heap.
+        return Err(PyRuntimeError::new_err(
+            "ftmalloc: mode \"gil\" needs a GIL build of CPython (this one is free-threaded, \
+             Py_GIL_DISABLED); accepted here: \"ft\"",
+        ));
+    }
     let debug = debug_from_env()?;
     let tracing = PyModule::import(py, "tracemalloc")?
         .call_method0("is_tracing")?
