@@ -12,7 +12,7 @@
 
 use crate::base::{asan, diag};
 use crate::ft::FtHeap;
-use crate::gil::GilHeap;
+use crate::gil::{GilHeap, SerialGilHeap};
 use crate::layout::arena_map::ArenaMap;
 use crate::layout::config::{Config, ConfigError, PYMALLOC_GEOMETRY};
 use crate::layout::geometry::Geometry;
@@ -476,6 +476,7 @@ macro_rules! dispatch {
     ($inner:expr, $h:ident => $e:expr) => {
         match $inner {
             Inner::Gil($h) => $e,
+            Inner::GilSerial($h) => $e,
             Inner::Ft($h) => $e,
         }
     };
@@ -486,6 +487,8 @@ macro_rules! dispatch {
 #[allow(clippy::large_enum_variant)]
 enum Inner {
     Gil(Heap<GilHeap>),
+    /// GIL mode serialised by the caller ([`Allocator::serialized_by_caller`]).
+    GilSerial(Heap<SerialGilHeap>),
     Ft(Heap<FtHeap>),
 }
 
@@ -543,22 +546,17 @@ impl Allocator {
     /// The allocator must not be made the process-wide heap (it has no `fork` protocol: a
     /// `fork` while another thread is inside a call is the caller's lock's business).
     pub unsafe fn serialized_by_caller(config: Config) -> Result<Allocator, ConfigError> {
-        let mut heap = Heap::<GilHeap>::with_config(config)?;
-        // SAFETY: the heap is not shared yet; the caller serialises every later call (the
-        // contract above, which is `set_serialized_by_caller`'s).
-        unsafe { heap.front.set_serialized_by_caller() };
+        // The only place a `SerialGilHeap` is built: the caller's contract above is what its
+        // lock-free guard relies on (`gil`, *Serialised by the caller*).
         Ok(Allocator {
-            inner: Inner::Gil(heap),
+            inner: Inner::GilSerial(Heap::with_config(config)?),
         })
     }
 
     /// True for a heap built by [`serialized_by_caller`](Self::serialized_by_caller) (GIL
     /// mode without a lock of its own); false for every other.
     pub fn is_serialized_by_caller(&self) -> bool {
-        match &self.inner {
-            Inner::Gil(h) => h.front.is_serialized_by_caller(),
-            Inner::Ft(_) => false,
-        }
+        matches!(self.inner, Inner::GilSerial(_))
     }
 
     /// The mode this heap was built with.
@@ -700,6 +698,7 @@ impl Allocator {
     pub fn thread_cache(&self) -> Option<ThreadCache<'_>> {
         let local = match &self.inner {
             Inner::Gil(h) => Local::Gil(h, h.front.new_local()?),
+            Inner::GilSerial(h) => Local::GilSerial(h, h.front.new_local()?),
             Inner::Ft(h) => Local::Ft(h, h.front.new_local()?),
         };
         Some(ThreadCache { heap: self, local })
@@ -749,7 +748,7 @@ impl Allocator {
         match &self.inner {
             Inner::Gil(h) => h,
             // SAFETY: the contract.
-            Inner::Ft(_) => unsafe { core::hint::unreachable_unchecked() },
+            Inner::GilSerial(_) | Inner::Ft(_) => unsafe { core::hint::unreachable_unchecked() },
         }
     }
 
@@ -762,7 +761,7 @@ impl Allocator {
         match &self.inner {
             Inner::Ft(h) => h,
             // SAFETY: the contract.
-            Inner::Gil(_) => unsafe { core::hint::unreachable_unchecked() },
+            Inner::Gil(_) | Inner::GilSerial(_) => unsafe { core::hint::unreachable_unchecked() },
         }
     }
 }
@@ -778,6 +777,7 @@ pub(crate) fn set_thread_exit_hook(hook: fn(usize)) {
 #[derive(Clone, Copy)]
 enum Local<'a> {
     Gil(&'a Heap<GilHeap>, <GilHeap as Front>::Local),
+    GilSerial(&'a Heap<SerialGilHeap>, <SerialGilHeap as Front>::Local),
     Ft(&'a Heap<FtHeap>, <FtHeap as Front>::Local),
 }
 
@@ -787,6 +787,7 @@ macro_rules! dispatch_local {
     ($tc:expr, $h:ident, $l:ident => $e:expr) => {
         match $tc.local {
             Local::Gil($h, $l) => $e,
+            Local::GilSerial($h, $l) => $e,
             Local::Ft($h, $l) => $e,
         }
     };

@@ -49,14 +49,18 @@
 //! tested by `tests/c/fork_orders.c` under the drop-in and `tests/global_fork.rs`.
 //!
 //! # Serialised by the caller
-//! A heap built by [`Allocator::serialized_by_caller`](crate::Allocator::serialized_by_caller)
-//! has `serialized` set, once, before it is shared: its caller promised that every call on it
-//! is serialised by a lock of the caller's own (CPython's GIL, for the `PyMem_*` domains that
-//! are only called with it held). [`GilHeap::lock`] and [`GilHeap::lock_wait`] then hand out the
-//! guard without touching `state`, and dropping the guard releases nothing: pymalloc's
-//! algorithms run under the caller's lock, as `obmalloc.c` runs under the GIL. Such a heap is
-//! never the process-wide one, so the fork protocol above never runs on it (`fork` safety is
-//! the caller's lock's business, as it is CPython's).
+//! [`SerialGilHeap`] (`GilHeap<true>`) is built only by
+//! [`Allocator::serialized_by_caller`](crate::Allocator::serialized_by_caller), whose caller
+//! promised that every call on it is serialised by a lock of the caller's own (CPython's GIL,
+//! for the `PyMem_*` domains that are only called with it held). Its [`GilHeap::lock`] and
+//! [`GilHeap::lock_wait`] hand out the guard without touching `state`, and dropping the guard
+//! releases nothing: pymalloc's algorithms run under the caller's lock, as `obmalloc.c` runs
+//! under the GIL. Such a heap is never the process-wide one, so the fork protocol above never
+//! runs on it (`fork` safety is the caller's lock's business, as it is CPython's).
+//!
+//! It is a type parameter, not a field, so that the locked heap's paths stay exactly as they
+//! were: a run-time flag tested on every lock and release cost the process-wide heap 6 to 13
+//! instructions per call under `.ci/count`, more than its budgets allow.
 
 mod pymalloc;
 
@@ -75,16 +79,17 @@ use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 pub(crate) use pymalloc::GilCore;
 
-/// GIL mode's heap: [`GilCore`] behind one lock (see the module docs: *The lock, and `fork`*).
-pub(crate) struct GilHeap {
+/// GIL mode's heap: [`GilCore`] behind one lock (see the module docs: *The lock, and `fork`*),
+/// or, with `SERIAL`, behind the caller's lock (*Serialised by the caller*).
+pub(crate) struct GilHeap<const SERIAL: bool = false> {
     state: AtomicU32,
     /// Blocks freed while a fork held the lock (protocol step 2), linked through their first word.
     deferred: AtomicPtr<u8>,
     core: UnsafeCell<GilCore>,
-    /// Every call is serialised by the caller's own lock (see *Serialised by the caller*):
-    /// set before the heap is shared, never changed afterwards.
-    serialized: bool,
 }
+
+/// GIL mode serialised by its caller (module docs: *Serialised by the caller*).
+pub(crate) type SerialGilHeap = GilHeap<true>;
 
 const LOCKED: u32 = 1;
 /// Some thread may sleep on the word (set conservatively by every contended acquirer).
@@ -105,21 +110,20 @@ std::thread_local! {
 // dereferenced with the lock held.
 unsafe impl Send for GilCore {}
 // SAFETY: `core` is reached only through a `GilGuard`, which exists only while the lock is held
-// (or, for a heap serialised by its caller, while the caller's own lock is held: the contract of
-// `set_serialized_by_caller`); `serialized` is written before the heap is shared; every other
-// field is atomic.
-unsafe impl Sync for GilHeap {}
+// (or, for a `SerialGilHeap`, while the caller's own lock is held: the contract of
+// `Allocator::serialized_by_caller`, its only constructor); every other field is atomic.
+unsafe impl<const SERIAL: bool> Sync for GilHeap<SERIAL> {}
 // SAFETY: as above; the heap owns its mappings.
-unsafe impl Send for GilHeap {}
+unsafe impl<const SERIAL: bool> Send for GilHeap<SERIAL> {}
 
 /// The lock held (or the caller's, for a heap serialised by its caller): derefs to the
 /// [`GilCore`]; releasing frees deferred blocks first.
-pub(crate) struct GilGuard<'a> {
-    heap: &'a GilHeap,
+pub(crate) struct GilGuard<'a, const SERIAL: bool = false> {
+    heap: &'a GilHeap<SERIAL>,
     map: &'a ArenaMap,
 }
 
-impl Deref for GilGuard<'_> {
+impl<const SERIAL: bool> Deref for GilGuard<'_, SERIAL> {
     type Target = GilCore;
     #[inline(always)]
     fn deref(&self) -> &GilCore {
@@ -129,7 +133,7 @@ impl Deref for GilGuard<'_> {
     }
 }
 
-impl DerefMut for GilGuard<'_> {
+impl<const SERIAL: bool> DerefMut for GilGuard<'_, SERIAL> {
     #[inline(always)]
     fn deref_mut(&mut self) -> &mut GilCore {
         // SAFETY: as in deref; the lock makes this the only reference.
@@ -137,10 +141,10 @@ impl DerefMut for GilGuard<'_> {
     }
 }
 
-impl Drop for GilGuard<'_> {
+impl<const SERIAL: bool> Drop for GilGuard<'_, SERIAL> {
     #[inline(always)]
     fn drop(&mut self) {
-        if self.heap.serialized {
+        if SERIAL {
             // The caller's lock serialises this heap: there is nothing of ours to release.
             return;
         }
@@ -160,38 +164,20 @@ extern "C" {
     static __libc_single_threaded: core::ffi::c_char;
 }
 
-impl GilHeap {
-    pub(crate) fn new(geo: Geometry) -> Option<GilHeap> {
+impl<const SERIAL: bool> GilHeap<SERIAL> {
+    pub(crate) fn new(geo: Geometry) -> Option<GilHeap<SERIAL>> {
         Some(GilHeap {
             state: AtomicU32::new(0),
             deferred: AtomicPtr::new(ptr::null_mut()),
             core: UnsafeCell::new(GilCore::new(geo)?),
-            serialized: false,
         })
-    }
-
-    /// Makes this heap rely on its caller's lock instead of its own (see *Serialised by the
-    /// caller* in the module docs). Called once, before the heap is shared.
-    ///
-    /// # Safety
-    /// From now on, every call on this heap (allocation, free, statistics, drop) is serialised
-    /// by the caller, each call happening before the next (a mutex or CPython's GIL held across
-    /// each call); the heap is never the process-wide one (its fork handlers never run).
-    pub(crate) unsafe fn set_serialized_by_caller(&mut self) {
-        self.serialized = true;
-    }
-
-    /// Whether this heap relies on its caller's lock (see
-    /// [`set_serialized_by_caller`](Self::set_serialized_by_caller)).
-    pub(crate) fn is_serialized_by_caller(&self) -> bool {
-        self.serialized
     }
 
     /// Takes the lock (the GIL) for an allocation or a free; `None` while a fork holds it
     /// (protocol step 2: serve the request without the heap).
     #[inline(always)]
-    pub(crate) fn lock<'a>(&'a self, map: &'a ArenaMap) -> Option<GilGuard<'a>> {
-        if self.serialized {
+    pub(crate) fn lock<'a>(&'a self, map: &'a ArenaMap) -> Option<GilGuard<'a, SERIAL>> {
+        if SERIAL {
             // The caller holds its own lock across this call (the constructor's contract).
             return Some(GilGuard { heap: self, map });
         }
@@ -225,8 +211,8 @@ impl GilHeap {
 
     /// Takes the lock, waiting through a fork (statistics, checks, drop: never called from
     /// `pthread_atfork` handlers).
-    pub(crate) fn lock_wait<'a>(&'a self, map: &'a ArenaMap) -> GilGuard<'a> {
-        if self.serialized {
+    pub(crate) fn lock_wait<'a>(&'a self, map: &'a ArenaMap) -> GilGuard<'a, SERIAL> {
+        if SERIAL {
             // As in `lock`: the caller's lock is held.
             return GilGuard { heap: self, map };
         }
@@ -239,7 +225,11 @@ impl GilHeap {
 
     #[cold]
     #[inline(never)]
-    fn lock_slow<'a>(&'a self, map: &'a ArenaMap, through_fork: bool) -> Option<GilGuard<'a>> {
+    fn lock_slow<'a>(
+        &'a self,
+        map: &'a ArenaMap,
+        through_fork: bool,
+    ) -> Option<GilGuard<'a, SERIAL>> {
         loop {
             let s = self.state.load(Ordering::Relaxed);
             if s & LOCKED == 0 {
@@ -429,13 +419,13 @@ fn futex_wake(word: &core::sync::atomic::AtomicU32, n: i32) {
     });
 }
 
-impl Front for GilHeap {
+impl<const SERIAL: bool> Front for GilHeap<SERIAL> {
     const MODE: Mode = Mode::Gil;
     /// A GIL-mode handle keeps nothing of its own: it forwards to the locked heap.
     type Local = ();
     const NO_LOCAL: () = ();
 
-    fn build(geo: Geometry, _config: &Config) -> Option<GilHeap> {
+    fn build(geo: Geometry, _config: &Config) -> Option<GilHeap<SERIAL>> {
         GilHeap::new(geo)
     }
 
