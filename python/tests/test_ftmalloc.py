@@ -10,6 +10,10 @@ import textwrap
 import pytest
 
 MODES = ["gil", "ft"]
+# The allocator install wraps: pymalloc (the default), or pymalloc behind CPython's debug hooks,
+# which abort on a pointer they did not hand out (so a block of ours, or glibc's, sent to the
+# wrapped allocator is caught), or plain malloc.
+WRAPPED = ["pymalloc", "debug", "malloc"]
 
 
 def run(code, env=None, args=(), cwd=None, timeout=120):
@@ -36,8 +40,9 @@ def test_nothing_installed_without_install():
     assert out.split() == ["None", "None", "False"]
 
 
+@pytest.mark.parametrize("wrapped", WRAPPED)
 @pytest.mark.parametrize("mode", MODES)
-def test_objects_before_and_after_install(mode):
+def test_objects_before_and_after_install(mode, wrapped):
     out = ok(run(f"""
         import ftmalloc
         before_list = [str(i) * 3 for i in range(20000)]
@@ -66,12 +71,13 @@ def test_objects_before_and_after_install(mode):
         left = ftmalloc.stats()["blocks_in_use"]
         assert left < in_use - 25000, (left, in_use)
         print("done")
-    """))
+    """, env={"PYTHONMALLOC": wrapped}))
     assert out.strip() == "done"
 
 
+@pytest.mark.parametrize("wrapped", WRAPPED)
 @pytest.mark.parametrize("mode", MODES)
-def test_realloc_across_the_boundary_through_the_c_api(mode):
+def test_realloc_across_the_boundary_through_the_c_api(mode, wrapped):
     ok(run(f"""
         import ctypes, ftmalloc
         api = ctypes.pythonapi
@@ -121,11 +127,12 @@ def test_realloc_across_the_boundary_through_the_c_api(mode):
         old = api.PyMem_Realloc(old, 300)    # made before install: still the wrapped one's
         assert not owns(old) and ctypes.string_at(old, 100) == b"\\x11" * 100
         api.PyMem_Free(old)
-    """))
+    """, env={"PYTHONMALLOC": wrapped}))
 
 
+@pytest.mark.parametrize("wrapped", WRAPPED)
 @pytest.mark.parametrize("mode", MODES)
-def test_growing_objects_across_the_boundary(mode):
+def test_growing_objects_across_the_boundary(mode, wrapped):
     out = ok(run(f"""
         import ctypes, ftmalloc
         ftmalloc.install({mode!r})
@@ -154,7 +161,7 @@ def test_growing_objects_across_the_boundary(mode):
         joined = "".join(parts)
         assert len(joined) == sum(len(p) for p in parts)
         print(len(lists))
-    """))
+    """, env={"PYTHONMALLOC": wrapped}))
     assert out.strip() == str(len(range(0, 2000, 7)))
 
 
@@ -458,15 +465,22 @@ def test_debug_mode_double_free_aborts_naming_the_pointer(mode, domain):
     assert f"ftmalloc debug: double free at {p}" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("wrapped", WRAPPED)
 @pytest.mark.parametrize("mode", MODES)
-def test_debug_mode_runs_python_code(mode):
+def test_debug_mode_runs_python_code(mode, wrapped):
     out = ok(run(f"""
         import ftmalloc
         ftmalloc.install({mode!r})
+        # Objects of every size around the pooled limit (512 less debug mode's overhead).
+        blobs = [bytes(n) for n in range(300, 700)] * 3
+        blobs += [bytearray(n) for n in range(300, 700)]
+        for b in blobs[-400:]:
+            b += b"z" * 7
+        del blobs
         d = {{str(i): [i] * (i % 50) for i in range(20000)}}
         ba = bytearray()
         for i in range(1000): ba += b"y" * 3
         assert len(ba) == 3000 and d["19999"] == [19999] * 49
         print(ftmalloc.debug(), ftmalloc.stats()["blocks_in_use"] > 20000)
-    """, env={"FTMALLOC_DEBUG": "1"}))
+    """, env={"FTMALLOC_DEBUG": "1", "PYTHONMALLOC": wrapped}))
     assert out.split() == ["True", "True"]
