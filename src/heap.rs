@@ -380,6 +380,20 @@ impl<F: Front> Heap<F> {
         }
     }
 
+    /// See [`Allocator::free_owned`].
+    #[inline(always)]
+    pub(crate) unsafe fn free_owned(&self, ptr: *mut u8) -> bool {
+        // SAFETY: forwarded contract.
+        match unsafe { self.checked_block(ptr, self.debug) } {
+            Some((pool, block)) => {
+                // SAFETY: a checked live block of ours.
+                unsafe { self.small_free(pool, block, F::NO_LOCAL) };
+                true
+            }
+            None => false,
+        }
+    }
+
     /// See [`Allocator::usable_size`].
     pub(crate) unsafe fn usable_size(&self, ptr: *const u8) -> usize {
         if self.arenas.map.lookup(ptr as usize).is_some() {
@@ -655,6 +669,19 @@ impl Allocator {
     pub unsafe fn free(&self, ptr: *mut u8) {
         // SAFETY: forwarded contract.
         dispatch!(&self.inner, h => unsafe { h.free(ptr) })
+    }
+
+    /// Frees `ptr` and returns true when it lies inside this heap's arenas (with the checks
+    /// [`free`](Self::free) makes); returns false, touching nothing, for any other pointer,
+    /// which the caller frees where it came from. For a wrapper over another allocator: one
+    /// arena-map lookup instead of [`owns`](Self::owns) and then `free`.
+    ///
+    /// # Safety
+    /// A pointer inside our arenas must be live and come from this heap's `alloc` family.
+    #[inline]
+    pub unsafe fn free_owned(&self, ptr: *mut u8) -> bool {
+        // SAFETY: forwarded contract.
+        dispatch!(&self.inner, h => unsafe { h.free_owned(ptr) })
     }
 
     /// Frees a block allocated with `layout` (routed by the arena map, as [`free`](Self::free)).

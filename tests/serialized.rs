@@ -196,3 +196,31 @@ fn same_algorithms_as_the_locked_gil_heap() {
     }
     assert_eq!(serial.stats().blocks_in_use(), 0);
 }
+
+#[test]
+fn free_owned_frees_only_the_heaps_blocks() {
+    use std::alloc::{GlobalAlloc, System};
+    // SAFETY: only this thread calls the serialised heap.
+    let serial = unsafe { Allocator::serialized_by_caller(Config::PYMALLOC) }.unwrap();
+    for heap in [
+        serial,
+        Allocator::new(Mode::Gil),
+        Allocator::new(Mode::FreeThreaded),
+    ] {
+        let layout = Layout::from_size_align(64, 16).unwrap();
+        // SAFETY: each pointer is freed once, by the allocator that made it.
+        unsafe {
+            let ours = heap.alloc(layout);
+            let foreign = System.alloc(layout);
+            assert!(!foreign.is_null());
+            fill(foreign, 64);
+            assert!(!heap.free_owned(foreign), "a foreign pointer was taken");
+            assert!(!heap.free_owned(std::ptr::null_mut()));
+            check(foreign, 64); // untouched: still the caller's
+            System.dealloc(foreign, layout);
+            assert_eq!(heap.stats().blocks_in_use(), 1);
+            assert!(heap.free_owned(ours));
+            assert_eq!(heap.stats().blocks_in_use(), 0, "{:?}", heap.mode());
+        }
+    }
+}

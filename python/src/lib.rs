@@ -8,7 +8,7 @@
 //! by size and by owner:
 //! - `malloc`/`calloc` of 1 to [`Allocator::pooled_limit`] bytes (512, less debug mode's
 //!   overhead): the heap; of 0 bytes or more than that: the wrapped allocator;
-//! - `free` of a pointer the heap owns (its arena map answers, [`Allocator::owns`]): the heap;
+//! - `free` of a pointer the heap owns (its arena map answers, [`Allocator::free_owned`]): the heap;
 //!   any other pointer: the wrapped allocator, so objects made before `install` stay valid;
 //! - `realloc` of a foreign pointer: the wrapped allocator's `realloc`, whatever the size; of
 //!   one of ours to a pooled size: the heap's `realloc`; of one of ours to 0 bytes or above
@@ -28,6 +28,8 @@
 //! GIL-mode heap serialised by its caller ([`Allocator::serialized_by_caller`]): the MEM and
 //! OBJ domains are called only with the GIL held (CPython 3.11 and later, GIL builds), so the
 //! GIL is the heap's lock, as it is pymalloc's. Statistics are read with the GIL held too.
+//! This assumes one GIL per process: sub-interpreters with a GIL of their own (CPython 3.12's
+//! `own_gil`) would call the heap under different locks, so such programs need `"ft"`.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -163,11 +165,9 @@ extern "C" fn ft_realloc(ctx: *mut c_void, ptr: *mut c_void, size: usize) -> *mu
 extern "C" fn ft_free(ctx: *mut c_void, ptr: *mut c_void) {
     // SAFETY: as in ft_malloc.
     let w = unsafe { wrapped(ctx) };
-    if w.heap.owns(ptr.cast()) {
-        // SAFETY: a pointer of this domain the heap owns: one it handed out (a bad one aborts
-        // with a message naming it); serialised as in ft_malloc.
-        unsafe { w.heap.free(ptr.cast()) }
-    } else {
+    // SAFETY: a pointer of this domain inside the heap's arenas is one the heap handed out (a
+    // bad one aborts with a message naming it); serialised as in ft_malloc.
+    if !unsafe { w.heap.free_owned(ptr.cast()) } {
         (w.free)(w.ctx, ptr)
     }
 }

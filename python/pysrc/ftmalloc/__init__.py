@@ -6,7 +6,9 @@ size 0) to the allocator that was there; pointers the heap does not own (objects
 ``install``, large blocks) go back to that allocator. The raw domain is left as it is.
 
 Modes: ``"gil"`` runs pymalloc's algorithms with no lock of their own, serialised by the GIL
-(as ``obmalloc.c`` is); ``"ft"`` runs the free-threaded heap (thread caches, no lock).
+(as ``obmalloc.c`` is; this assumes one GIL per process, so sub-interpreters with a GIL of
+their own, 3.12's ``own_gil``, need "ft"); ``"ft"`` runs the free-threaded heap (thread
+caches, no lock).
 
 There is no uninstall: blocks of the heap must never reach the wrapped allocator.
 ``install`` refuses a second call, an unknown mode, a bad ``FTMALLOC_DEBUG`` and a running
