@@ -383,15 +383,26 @@ impl<F: Front> Heap<F> {
     /// See [`Allocator::free_owned`].
     #[inline(always)]
     pub(crate) unsafe fn free_owned(&self, ptr: *mut u8) -> bool {
-        // SAFETY: forwarded contract.
-        match unsafe { self.checked_block(ptr, self.debug) } {
-            Some((pool, block)) => {
-                // SAFETY: a checked live block of ours.
-                unsafe { self.small_free(pool, block, F::NO_LOCAL) };
-                true
-            }
-            None => false,
+        if self.arenas.map.lookup(ptr as usize).is_none() {
+            return false;
         }
+        if !self.debug && !cfg!(feature = "asan") {
+            // As `free_with`: the front's check-once free, with the one map lookup above.
+            let geo = &self.arenas.geo;
+            let pool = geo.pool_of(ptr as usize) as *mut PoolHeader;
+            // SAFETY: the map knows ptr, so `pool` is its pool's header in a mapped arena of
+            // ours; the front checks the block or misses.
+            if unsafe {
+                self.front
+                    .free_owned(pool, ptr, geo, F::NO_LOCAL, &self.arenas)
+            } {
+                return true;
+            }
+        }
+        // SAFETY: ours (the map knows it), by contract live: the general free checks it
+        // (aborting with a message on a bad one) and frees it, or defers it during a fork.
+        unsafe { self.free_as(ptr, F::NO_LOCAL, self.debug) };
+        true
     }
 
     /// See [`Allocator::usable_size`].

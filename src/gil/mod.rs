@@ -195,7 +195,11 @@ impl<const SERIAL: bool> GilHeap<SERIAL> {
     /// Takes the lock only if it is free at once (one compare-exchange): the fast paths, which
     /// leave every other case (a holder, sleepers, a fork) to [`lock`](Self::lock).
     #[inline(always)]
-    fn try_lock<'a>(&'a self, map: &'a ArenaMap) -> Option<GilGuard<'a>> {
+    fn try_lock<'a>(&'a self, map: &'a ArenaMap) -> Option<GilGuard<'a, SERIAL>> {
+        if SERIAL {
+            // The caller holds its own lock across this call (as in `lock`).
+            return Some(GilGuard { heap: self, map });
+        }
         // Not `bool::then_some`: it would build a guard either way, and dropping the unused
         // one would release a lock another thread holds.
         if self
