@@ -380,6 +380,16 @@ impl<F: Front> Heap<F> {
         }
     }
 
+    /// See [`Allocator::pooled_limit`].
+    fn pooled_limit(&self) -> usize {
+        let limit = self.arenas.geo.small_limit;
+        if self.debug {
+            limit.saturating_sub(debug::OVERHEAD)
+        } else {
+            limit
+        }
+    }
+
     /// See [`Allocator::free_owned`].
     #[inline(always)]
     pub(crate) unsafe fn free_owned(&self, ptr: *mut u8) -> bool {
@@ -501,7 +511,6 @@ macro_rules! dispatch {
     ($inner:expr, $h:ident => $e:expr) => {
         match $inner {
             Inner::Gil($h) => $e,
-            Inner::GilSerial($h) => $e,
             Inner::Ft($h) => $e,
         }
     };
@@ -512,8 +521,6 @@ macro_rules! dispatch {
 #[allow(clippy::large_enum_variant)]
 enum Inner {
     Gil(Heap<GilHeap>),
-    /// GIL mode serialised by the caller ([`Allocator::serialized_by_caller`]).
-    GilSerial(Heap<SerialGilHeap>),
     Ft(Heap<FtHeap>),
 }
 
@@ -553,37 +560,6 @@ impl Allocator {
         Ok(Allocator { inner })
     }
 
-    /// A GIL-mode heap with no lock of its own: pymalloc's algorithms, serialised by the
-    /// caller's lock, as `obmalloc.c` runs under CPython's GIL. Every call takes the same paths
-    /// as [`Mode::Gil`]'s except that the heap's lock is neither taken nor released;
-    /// [`mode`](Self::mode) says [`Mode::Gil`] and
-    /// [`is_serialized_by_caller`](Self::is_serialized_by_caller) says true. Refuses `config`
-    /// as [`with_config`](Self::with_config) does.
-    ///
-    /// # Safety
-    /// The caller serialises every call on the returned allocator and on anything borrowed
-    /// from it ([`ThreadCache`] handles included): `alloc`, `alloc_zeroed`, `realloc`, `free`,
-    /// `dealloc`, `usable_size`, `stats`, `trim`, `thread_cache` and the handles' methods, and
-    /// the drop. No two of them may run at once, from any threads, and each must happen
-    /// before the next (a `Mutex` held across each call does both; so does CPython's GIL held
-    /// across each call of the `PYMEM_DOMAIN_MEM` and `PYMEM_DOMAIN_OBJ` allocators). Only
-    /// `mode`, `geometry`, `owns` and `is_serialized_by_caller` may be called without it.
-    /// The allocator must not be made the process-wide heap (it has no `fork` protocol: a
-    /// `fork` while another thread is inside a call is the caller's lock's business).
-    pub unsafe fn serialized_by_caller(config: Config) -> Result<Allocator, ConfigError> {
-        // The only place a `SerialGilHeap` is built: the caller's contract above is what its
-        // lock-free guard relies on (`gil`, *Serialised by the caller*).
-        Ok(Allocator {
-            inner: Inner::GilSerial(Heap::with_config(config)?),
-        })
-    }
-
-    /// True for a heap built by [`serialized_by_caller`](Self::serialized_by_caller) (GIL
-    /// mode without a lock of its own); false for every other.
-    pub fn is_serialized_by_caller(&self) -> bool {
-        matches!(self.inner, Inner::GilSerial(_))
-    }
-
     /// The mode this heap was built with.
     pub fn mode(&self) -> Mode {
         dispatch!(&self.inner, h => h.mode())
@@ -600,14 +576,7 @@ impl Allocator {
     /// mode; a wrapper that sends only requests of 1 to this many bytes here gets blocks that
     /// [`owns`](Self::owns) recognises.
     pub fn pooled_limit(&self) -> usize {
-        dispatch!(&self.inner, h => {
-            let limit = h.arenas.geo.small_limit;
-            if h.debug {
-                limit.saturating_sub(debug::OVERHEAD)
-            } else {
-                limit
-            }
-        })
+        dispatch!(&self.inner, h => h.pooled_limit())
     }
 
     /// True when `ptr` lies inside one of this heap's arenas. Safe for any address.
@@ -736,7 +705,6 @@ impl Allocator {
     pub fn thread_cache(&self) -> Option<ThreadCache<'_>> {
         let local = match &self.inner {
             Inner::Gil(h) => Local::Gil(h, h.front.new_local()?),
-            Inner::GilSerial(h) => Local::GilSerial(h, h.front.new_local()?),
             Inner::Ft(h) => Local::Ft(h, h.front.new_local()?),
         };
         Some(ThreadCache { heap: self, local })
@@ -786,7 +754,7 @@ impl Allocator {
         match &self.inner {
             Inner::Gil(h) => h,
             // SAFETY: the contract.
-            Inner::GilSerial(_) | Inner::Ft(_) => unsafe { core::hint::unreachable_unchecked() },
+            Inner::Ft(_) => unsafe { core::hint::unreachable_unchecked() },
         }
     }
 
@@ -799,8 +767,149 @@ impl Allocator {
         match &self.inner {
             Inner::Ft(h) => h,
             // SAFETY: the contract.
-            Inner::Gil(_) | Inner::GilSerial(_) => unsafe { core::hint::unreachable_unchecked() },
+            Inner::Gil(_) => unsafe { core::hint::unreachable_unchecked() },
         }
+    }
+}
+
+/// A GIL-mode heap with no lock of its own: pymalloc's algorithms, serialised by the caller's
+/// lock, as `obmalloc.c` runs under CPython's GIL (built by the unsafe
+/// [`SerializedAllocator::new`]). Every call takes [`Allocator`]'s paths for [`Mode::Gil`]
+/// except that no lock is taken or released.
+///
+/// It is a type of its own, not a third kind of [`Allocator`], so that `Allocator`'s paths
+/// (one match over two modes) stay as they are: a third variant cost the instance paths 3 to 8
+/// instructions per call under `.ci/count`, over their budgets.
+pub struct SerializedAllocator {
+    heap: Heap<SerialGilHeap>,
+}
+
+impl fmt::Debug for SerializedAllocator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SerializedAllocator")
+            .field("geometry", self.geometry())
+            .finish()
+    }
+}
+
+impl SerializedAllocator {
+    /// A new GIL-mode heap serialised by its caller. Refuses `config` as
+    /// [`Allocator::with_config`] does.
+    ///
+    /// # Safety
+    /// The caller serialises every call on the returned heap: `alloc`, `alloc_zeroed`,
+    /// `realloc`, `free`, `free_owned`, `dealloc`, `usable_size`, `stats` and the drop. No two
+    /// of them may run at once, from any threads, and each must happen before the next (a
+    /// `Mutex` held across each call does both; so does CPython's GIL held across each call of
+    /// the `PYMEM_DOMAIN_MEM` and `PYMEM_DOMAIN_OBJ` allocators, on a GIL build with one GIL per
+    /// process). Only `mode`, `geometry`, `owns` and `pooled_limit` may be called without it.
+    /// The heap has no `fork` protocol: a `fork` while another thread is inside a call is the
+    /// caller's lock's business.
+    pub unsafe fn new(config: Config) -> Result<SerializedAllocator, ConfigError> {
+        // The only place a `SerialGilHeap` is built: the caller's contract above is what its
+        // lock-free guard relies on (`gil`, *Serialised by the caller*).
+        Ok(SerializedAllocator {
+            heap: Heap::with_config(config)?,
+        })
+    }
+
+    /// [`Mode::Gil`]: pymalloc's algorithms.
+    pub fn mode(&self) -> Mode {
+        self.heap.mode()
+    }
+
+    /// The geometry this heap was built with.
+    pub fn geometry(&self) -> &Geometry {
+        &self.heap.arenas.geo
+    }
+
+    /// As [`Allocator::pooled_limit`].
+    pub fn pooled_limit(&self) -> usize {
+        self.heap.pooled_limit()
+    }
+
+    /// As [`Allocator::owns`] (safe for any address, without the caller's lock).
+    #[inline]
+    pub fn owns(&self, ptr: *const u8) -> bool {
+        self.heap.owns(ptr)
+    }
+
+    /// As [`Allocator::alloc`].
+    ///
+    /// # Safety
+    /// As [`Allocator::alloc`], with the caller's lock held (see [`new`](Self::new)).
+    #[inline]
+    pub unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { self.heap.alloc(layout) }
+    }
+
+    /// As [`Allocator::alloc_zeroed`].
+    ///
+    /// # Safety
+    /// As [`alloc`](Self::alloc).
+    #[inline]
+    pub unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { self.heap.alloc_zeroed(layout) }
+    }
+
+    /// As [`Allocator::usable_size`].
+    ///
+    /// # Safety
+    /// As [`Allocator::usable_size`], with the caller's lock held.
+    pub unsafe fn usable_size(&self, ptr: *const u8) -> usize {
+        // SAFETY: forwarded contract.
+        unsafe { self.heap.usable_size(ptr) }
+    }
+
+    /// As [`Allocator::realloc`].
+    ///
+    /// # Safety
+    /// As [`Allocator::realloc`], with the caller's lock held.
+    pub unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { self.heap.realloc(ptr, layout, new_size) }
+    }
+
+    /// As [`Allocator::free`].
+    ///
+    /// # Safety
+    /// As [`Allocator::free`], with the caller's lock held.
+    #[inline]
+    pub unsafe fn free(&self, ptr: *mut u8) {
+        // SAFETY: forwarded contract.
+        unsafe { self.heap.free(ptr) }
+    }
+
+    /// As [`Allocator::free_owned`].
+    ///
+    /// # Safety
+    /// As [`Allocator::free_owned`], with the caller's lock held.
+    #[inline]
+    pub unsafe fn free_owned(&self, ptr: *mut u8) -> bool {
+        // SAFETY: forwarded contract.
+        unsafe { self.heap.free_owned(ptr) }
+    }
+
+    /// As [`Allocator::dealloc`].
+    ///
+    /// # Safety
+    /// As [`Allocator::dealloc`], with the caller's lock held.
+    #[inline]
+    pub unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        // SAFETY: forwarded contract.
+        unsafe { self.heap.free(ptr) }
+    }
+
+    /// A snapshot of the heap, as [`Allocator::stats`] takes it in GIL mode (without
+    /// allocating).
+    ///
+    /// # Safety
+    /// The caller's lock is held (see [`new`](Self::new)): without it the snapshot races with
+    /// allocations.
+    pub unsafe fn stats(&self) -> Stats {
+        self.heap.stats()
     }
 }
 
@@ -815,7 +924,6 @@ pub(crate) fn set_thread_exit_hook(hook: fn(usize)) {
 #[derive(Clone, Copy)]
 enum Local<'a> {
     Gil(&'a Heap<GilHeap>, <GilHeap as Front>::Local),
-    GilSerial(&'a Heap<SerialGilHeap>, <SerialGilHeap as Front>::Local),
     Ft(&'a Heap<FtHeap>, <FtHeap as Front>::Local),
 }
 
@@ -825,7 +933,6 @@ macro_rules! dispatch_local {
     ($tc:expr, $h:ident, $l:ident => $e:expr) => {
         match $tc.local {
             Local::Gil($h, $l) => $e,
-            Local::GilSerial($h, $l) => $e,
             Local::Ft($h, $l) => $e,
         }
     };

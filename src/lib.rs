@@ -49,7 +49,7 @@ pub use base::diag;
 #[doc(hidden)]
 pub use base::sync::loom_shadow_reset;
 pub use global::{FtMalloc, DEFAULT_MODE};
-pub use heap::{Allocator, ThreadCache};
+pub use heap::{Allocator, SerializedAllocator, ThreadCache};
 pub use layout::config::{Config, ConfigError};
 pub use layout::geometry::Geometry;
 pub use layout::large::use_glibc_internal_allocator;

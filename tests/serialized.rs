@@ -1,4 +1,4 @@
-//! GIL mode serialised by the caller (`Allocator::serialized_by_caller`): the heap takes no lock
+//! GIL mode serialised by the caller (`SerializedAllocator`): the heap takes no lock
 //! of its own, so these tests serialise every call with a `std::sync::Mutex`, as CPython's GIL
 //! does for the `PyMem_*` domains.
 //!
@@ -6,7 +6,7 @@
 //! block's contents are checked when it is freed, and the heap ends with no block in use. A
 //! single-threaded sequence gives the same statistics as the locked GIL heap (same algorithms).
 
-use ftmalloc::{Allocator, Config, Mode};
+use ftmalloc::{Allocator, Config, Mode, SerializedAllocator};
 use std::alloc::Layout;
 use std::sync::Mutex;
 
@@ -39,23 +39,19 @@ unsafe fn fill(p: *mut u8, size: usize) {
 
 /// The heap and the blocks waiting to be freed by another thread, all behind the caller's lock.
 struct Shared {
-    heap: Allocator,
+    heap: SerializedAllocator,
     handed_over: Vec<(usize, usize)>,
 }
 
 #[test]
 fn serialized_heap_reports_itself() {
     // SAFETY: nothing calls the heap but this thread.
-    let heap = unsafe { Allocator::serialized_by_caller(Config::PYMALLOC) }.unwrap();
+    let heap = unsafe { SerializedAllocator::new(Config::PYMALLOC) }.unwrap();
     assert_eq!(heap.mode(), Mode::Gil);
-    assert!(heap.is_serialized_by_caller());
-    assert!(!Allocator::new(Mode::Gil).is_serialized_by_caller());
-    assert!(!Allocator::new(Mode::FreeThreaded).is_serialized_by_caller());
     // The pooled limit: every request up to it is a block the heap owns, one above it is not.
     for debug in [false, true] {
         // SAFETY: as above.
-        let heap =
-            unsafe { Allocator::serialized_by_caller(Config::PYMALLOC.with_debug(debug)) }.unwrap();
+        let heap = unsafe { SerializedAllocator::new(Config::PYMALLOC.with_debug(debug)) }.unwrap();
         let limit = heap.pooled_limit();
         assert_eq!(limit, if debug { 512 - 48 } else { 512 });
         for (size, pooled) in [(1, true), (limit, true), (limit + 1, false)] {
@@ -70,7 +66,7 @@ fn serialized_heap_reports_itself() {
     }
     // A bad configuration is refused as with_config refuses it.
     // SAFETY: as above.
-    let err = unsafe { Allocator::serialized_by_caller(Config::new(3000, 1 << 20)) }.unwrap_err();
+    let err = unsafe { SerializedAllocator::new(Config::new(3000, 1 << 20)) }.unwrap_err();
     assert_eq!(err.reason, "pool_size must be a power of two");
 }
 
@@ -80,7 +76,7 @@ fn threads_under_the_callers_mutex() {
     let config = Config::new(1 << 12, 1 << 14);
     // SAFETY: every call on the heap below, its drop included, is made with `shared` locked
     // (the drop: the mutex is consumed by `into_inner` after every thread has joined).
-    let heap = unsafe { Allocator::serialized_by_caller(config) }.unwrap();
+    let heap = unsafe { SerializedAllocator::new(config) }.unwrap();
     let small = heap.geometry().small_limit;
     let shared = Mutex::new(Shared {
         heap,
@@ -146,7 +142,8 @@ fn threads_under_the_callers_mutex() {
             shared.heap.free(a as *mut u8);
         }
     }
-    let stats = shared.heap.stats();
+    // SAFETY: the threads are gone; this thread owns the heap (it made `shared` its own).
+    let stats = unsafe { shared.heap.stats() };
     assert_eq!(stats.blocks_in_use(), 0, "{stats}");
     assert_eq!(stats.total(), stats.mapped_bytes(), "{stats}");
     // pymalloc keeps no empty arena beyond the one it holds on to.
@@ -159,7 +156,7 @@ fn same_algorithms_as_the_locked_gil_heap() {
     let config = Config::new(1 << 12, 1 << 14);
     let locked = Allocator::with_config(Mode::Gil, config).unwrap();
     // SAFETY: only this thread calls it.
-    let serial = unsafe { Allocator::serialized_by_caller(config) }.unwrap();
+    let serial = unsafe { SerializedAllocator::new(config) }.unwrap();
     let mut rng = fastrand::Rng::with_seed(7);
     let mut live: Vec<(usize, usize)> = Vec::new();
     for step in 0..20_000 {
@@ -182,7 +179,8 @@ fn same_algorithms_as_the_locked_gil_heap() {
             }
         }
         if step % 1000 == 0 {
-            let (x, y) = (locked.stats(), serial.stats());
+            // SAFETY: only this thread calls `serial`.
+            let (x, y) = (locked.stats(), unsafe { serial.stats() });
             assert_eq!(x.classes, y.classes, "step {step}");
             assert_eq!(x.counters, y.counters, "step {step}");
         }
@@ -194,21 +192,20 @@ fn same_algorithms_as_the_locked_gil_heap() {
             serial.free(b as *mut u8);
         }
     }
-    assert_eq!(serial.stats().blocks_in_use(), 0);
+    // SAFETY: as above.
+    assert_eq!(unsafe { serial.stats() }.blocks_in_use(), 0);
 }
 
-#[test]
-fn free_owned_frees_only_the_heaps_blocks() {
-    use std::alloc::{GlobalAlloc, System};
-    // SAFETY: only this thread calls the serialised heap.
-    let serial = unsafe { Allocator::serialized_by_caller(Config::PYMALLOC) }.unwrap();
-    for heap in [
-        serial,
-        Allocator::new(Mode::Gil),
-        Allocator::new(Mode::FreeThreaded),
-    ] {
+/// `free_owned` on `$heap` (a serialised heap or an `Allocator`; `$stats` its snapshot): a
+/// foreign pointer is refused and left alone, one of ours is freed.
+macro_rules! check_free_owned {
+    ($heap:expr, $stats:expr) => {{
+        use std::alloc::{GlobalAlloc, System};
+        let heap = $heap;
+        let stats = $stats;
         let layout = Layout::from_size_align(64, 16).unwrap();
-        // SAFETY: each pointer is freed once, by the allocator that made it.
+        // SAFETY: each pointer is freed once, by the allocator that made it; only this thread
+        // calls the heap.
         unsafe {
             let ours = heap.alloc(layout);
             let foreign = System.alloc(layout);
@@ -218,9 +215,20 @@ fn free_owned_frees_only_the_heaps_blocks() {
             assert!(!heap.free_owned(std::ptr::null_mut()));
             check(foreign, 64); // untouched: still the caller's
             System.dealloc(foreign, layout);
-            assert_eq!(heap.stats().blocks_in_use(), 1);
+            assert_eq!(stats(&heap).blocks_in_use(), 1);
             assert!(heap.free_owned(ours));
-            assert_eq!(heap.stats().blocks_in_use(), 0, "{:?}", heap.mode());
+            assert_eq!(stats(&heap).blocks_in_use(), 0, "{:?}", heap.mode());
         }
+    }};
+}
+
+#[test]
+fn free_owned_frees_only_the_heaps_blocks() {
+    // SAFETY: only this thread calls it.
+    let serial = unsafe { SerializedAllocator::new(Config::PYMALLOC) }.unwrap();
+    // SAFETY: (in the closure) only this thread calls it.
+    check_free_owned!(serial, |h: &SerializedAllocator| unsafe { h.stats() });
+    for mode in [Mode::Gil, Mode::FreeThreaded] {
+        check_free_owned!(Allocator::new(mode), |h: &Allocator| h.stats());
     }
 }

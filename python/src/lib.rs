@@ -6,9 +6,9 @@
 //! memory handed out before stays the old allocator's. So each domain gets a `Wrapped`
 //! context holding the heap and the domain's previous allocator, and four functions that route
 //! by size and by owner:
-//! - `malloc`/`calloc` of 1 to [`Allocator::pooled_limit`] bytes (512, less debug mode's
+//! - `malloc`/`calloc` of 1 to `pooled_limit()` bytes (512, less debug mode's
 //!   overhead): the heap; of 0 bytes or more than that: the wrapped allocator;
-//! - `free` of a pointer the heap owns (its arena map answers, [`Allocator::free_owned`]): the heap;
+//! - `free` of a pointer the heap owns (its arena map answers, `free_owned`): the heap;
 //!   any other pointer: the wrapped allocator, so objects made before `install` stay valid;
 //! - `realloc` of a foreign pointer: the wrapped allocator's `realloc`, whatever the size; of
 //!   one of ours to a pooled size: the heap's `realloc`; of one of ours to 0 bytes or above
@@ -25,7 +25,7 @@
 //!
 //! # The two modes
 //! `"ft"`: a free-threaded heap (`Mode::FreeThreaded`), as it runs anywhere else. `"gil"`: a
-//! GIL-mode heap serialised by its caller ([`Allocator::serialized_by_caller`]): the MEM and
+//! GIL-mode heap serialised by its caller ([`SerializedAllocator`]): the MEM and
 //! OBJ domains are called only with the GIL held (CPython 3.11 and later, GIL builds), so the
 //! GIL is the heap's lock, as it is pymalloc's. Statistics are read with the GIL held too.
 //! This assumes one GIL per process: sub-interpreters with a GIL of their own (CPython 3.12's
@@ -34,7 +34,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
-use ftmalloc::{Allocator, Config, Mode, Stats};
+use ftmalloc::{Allocator, Config, Mode, SerializedAllocator, Stats};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::ffi::{PyMemAllocatorDomain, PyMemAllocatorEx, PyMem_GetAllocator, PyMem_SetAllocator};
 use pyo3::prelude::*;
@@ -52,10 +52,101 @@ type CallocFn = extern "C" fn(*mut c_void, usize, usize) -> *mut c_void;
 type ReallocFn = extern "C" fn(*mut c_void, *mut c_void, usize) -> *mut c_void;
 type FreeFn = extern "C" fn(*mut c_void, *mut c_void);
 
+/// What the four functions need of a heap: [`Allocator`] (`"ft"`) or [`SerializedAllocator`]
+/// (`"gil"`, serialised by the GIL). Each method is the type's own.
+trait Backing: Send + Sync + 'static {
+    /// See `Allocator::owns`.
+    fn owns(&self, ptr: *const u8) -> bool;
+    /// See `Allocator::pooled_limit`.
+    fn pooled_limit(&self) -> usize;
+    /// See `Allocator::alloc`.
+    ///
+    /// # Safety
+    /// As the type's own method; for a `SerializedAllocator`, with the GIL held.
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8;
+    /// See `Allocator::alloc_zeroed`.
+    ///
+    /// # Safety
+    /// As `alloc`.
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8;
+    /// See `Allocator::realloc`.
+    ///
+    /// # Safety
+    /// As `alloc`.
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8;
+    /// See `Allocator::usable_size`.
+    ///
+    /// # Safety
+    /// As `alloc`.
+    unsafe fn usable_size(&self, ptr: *const u8) -> usize;
+    /// See `Allocator::free`.
+    ///
+    /// # Safety
+    /// As `alloc`.
+    unsafe fn free(&self, ptr: *mut u8);
+    /// See `Allocator::free_owned`.
+    ///
+    /// # Safety
+    /// As `alloc`.
+    unsafe fn free_owned(&self, ptr: *mut u8) -> bool;
+    /// See `Allocator::stats`.
+    ///
+    /// # Safety
+    /// As `alloc`.
+    unsafe fn stats(&self) -> Stats;
+}
+
+/// Implements [`Backing`] for a heap type by forwarding to its own methods; `$stats` reads
+/// its statistics.
+macro_rules! backing {
+    ($t:ty, |$h:ident| $stats:expr) => {
+        impl Backing for $t {
+            fn owns(&self, ptr: *const u8) -> bool {
+                <$t>::owns(self, ptr)
+            }
+            fn pooled_limit(&self) -> usize {
+                <$t>::pooled_limit(self)
+            }
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                // SAFETY: forwarded contract.
+                unsafe { <$t>::alloc(self, layout) }
+            }
+            unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+                // SAFETY: forwarded contract.
+                unsafe { <$t>::alloc_zeroed(self, layout) }
+            }
+            unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+                // SAFETY: forwarded contract.
+                unsafe { <$t>::realloc(self, ptr, layout, new_size) }
+            }
+            unsafe fn usable_size(&self, ptr: *const u8) -> usize {
+                // SAFETY: forwarded contract.
+                unsafe { <$t>::usable_size(self, ptr) }
+            }
+            unsafe fn free(&self, ptr: *mut u8) {
+                // SAFETY: forwarded contract.
+                unsafe { <$t>::free(self, ptr) }
+            }
+            unsafe fn free_owned(&self, ptr: *mut u8) -> bool {
+                // SAFETY: forwarded contract.
+                unsafe { <$t>::free_owned(self, ptr) }
+            }
+            unsafe fn stats(&self) -> Stats {
+                let $h = self;
+                $stats
+            }
+        }
+    };
+}
+
+backing!(Allocator, |h| h.stats());
+// SAFETY: (in `stats`) the trait's contract: the GIL is held.
+backing!(SerializedAllocator, |h| unsafe { h.stats() });
+
 /// One domain's context: the heap and the allocator it wraps.
-struct Wrapped {
-    heap: &'static Allocator,
-    /// Requests of 1 to `limit` bytes go to the heap ([`Allocator::pooled_limit`]).
+struct Wrapped<H: Backing> {
+    heap: &'static H,
+    /// Requests of 1 to `limit` bytes go to the heap (`pooled_limit`).
     limit: usize,
     /// The wrapped allocator's context and functions (all present: checked by `install`).
     ctx: *mut c_void,
@@ -67,22 +158,16 @@ struct Wrapped {
 
 /// What `install` set up, for `mode` and `stats`.
 struct Installed {
-    heap: &'static Allocator,
+    heap: &'static dyn Backing,
     mode: &'static str,
     debug: bool,
 }
-
-// SAFETY: `heap` is a leaked `Allocator`, which is `Sync`; a serialised GIL heap is only called
-// with the GIL held (see the module docs), which `stats` holds too.
-unsafe impl Sync for Installed {}
-// SAFETY: as above.
-unsafe impl Send for Installed {}
 
 static INSTALLED: OnceLock<Installed> = OnceLock::new();
 
 /// Whether `size` bytes go to the heap.
 #[inline(always)]
-fn pooled(w: &Wrapped, size: usize) -> bool {
+fn pooled<H: Backing>(w: &Wrapped<H>, size: usize) -> bool {
     size.wrapping_sub(1) < w.limit
 }
 
@@ -99,15 +184,15 @@ fn layout(size: usize) -> Layout {
 /// # Safety
 /// `ctx` is the `ctx` of an allocator `install` set: a leaked, never freed `Wrapped`.
 #[inline(always)]
-unsafe fn wrapped<'a>(ctx: *mut c_void) -> &'a Wrapped {
+unsafe fn wrapped<'a, H: Backing>(ctx: *mut c_void) -> &'a Wrapped<H> {
     // SAFETY: the contract.
-    unsafe { &*(ctx as *const Wrapped) }
+    unsafe { &*(ctx as *const Wrapped<H>) }
 }
 
 /// The domains' `malloc`: pooled sizes from the heap, others from the wrapped allocator.
-extern "C" fn ft_malloc(ctx: *mut c_void, size: usize) -> *mut c_void {
+extern "C" fn ft_malloc<H: Backing>(ctx: *mut c_void, size: usize) -> *mut c_void {
     // SAFETY: CPython passes the context `install` set with this function.
-    let w = unsafe { wrapped(ctx) };
+    let w = unsafe { wrapped::<H>(ctx) };
     if pooled(w, size) {
         // SAFETY: a valid layout; CPython calls this domain with the GIL held, which serialises
         // a GIL-mode heap (`install` built it for that).
@@ -118,9 +203,9 @@ extern "C" fn ft_malloc(ctx: *mut c_void, size: usize) -> *mut c_void {
 }
 
 /// The domains' `calloc`: as `ft_malloc`, for `nelem * elsize` zeroed bytes.
-extern "C" fn ft_calloc(ctx: *mut c_void, nelem: usize, elsize: usize) -> *mut c_void {
+extern "C" fn ft_calloc<H: Backing>(ctx: *mut c_void, nelem: usize, elsize: usize) -> *mut c_void {
     // SAFETY: as in ft_malloc.
-    let w = unsafe { wrapped(ctx) };
+    let w = unsafe { wrapped::<H>(ctx) };
     match nelem.checked_mul(elsize) {
         // SAFETY: as in ft_malloc.
         Some(size) if pooled(w, size) => unsafe { w.heap.alloc_zeroed(layout(size)).cast() },
@@ -130,11 +215,15 @@ extern "C" fn ft_calloc(ctx: *mut c_void, nelem: usize, elsize: usize) -> *mut c
 }
 
 /// The domains' `realloc`: by owner, then by size (see the module docs).
-extern "C" fn ft_realloc(ctx: *mut c_void, ptr: *mut c_void, size: usize) -> *mut c_void {
+extern "C" fn ft_realloc<H: Backing>(
+    ctx: *mut c_void,
+    ptr: *mut c_void,
+    size: usize,
+) -> *mut c_void {
     // SAFETY: as in ft_malloc.
-    let w = unsafe { wrapped(ctx) };
+    let w = unsafe { wrapped::<H>(ctx) };
     if ptr.is_null() {
-        return ft_malloc(ctx, size);
+        return ft_malloc::<H>(ctx, size);
     }
     if !w.heap.owns(ptr.cast()) {
         // Made before install, or too large for the heap: the wrapped allocator's.
@@ -162,9 +251,9 @@ extern "C" fn ft_realloc(ctx: *mut c_void, ptr: *mut c_void, size: usize) -> *mu
 
 /// The domains' `free`: the heap's blocks to the heap, any other pointer to the wrapped
 /// allocator.
-extern "C" fn ft_free(ctx: *mut c_void, ptr: *mut c_void) {
+extern "C" fn ft_free<H: Backing>(ctx: *mut c_void, ptr: *mut c_void) {
     // SAFETY: as in ft_malloc.
-    let w = unsafe { wrapped(ctx) };
+    let w = unsafe { wrapped::<H>(ctx) };
     // SAFETY: a pointer of this domain inside the heap's arenas is one the heap handed out (a
     // bad one aborts with a message naming it); serialised as in ft_malloc.
     if !unsafe { w.heap.free_owned(ptr.cast()) } {
@@ -188,7 +277,11 @@ fn current(domain: PyMemAllocatorDomain) -> PyMemAllocatorEx {
 }
 
 /// A context for `domain`'s current allocator `a`, or why it cannot be wrapped.
-fn wrap(name: &str, a: &PyMemAllocatorEx, heap: &'static Allocator) -> Result<Wrapped, String> {
+fn wrap<H: Backing>(
+    name: &str,
+    a: &PyMemAllocatorEx,
+    heap: &'static H,
+) -> Result<Wrapped<H>, String> {
     let (Some(malloc), Some(calloc), Some(realloc), Some(free)) =
         (a.malloc, a.calloc, a.realloc, a.free)
     else {
@@ -197,7 +290,9 @@ fn wrap(name: &str, a: &PyMemAllocatorEx, heap: &'static Allocator) -> Result<Wr
              complete allocator"
         ));
     };
-    if malloc as usize == ft_malloc as MallocFn as usize {
+    if malloc as usize == ft_malloc::<Allocator> as MallocFn as usize
+        || malloc as usize == ft_malloc::<SerializedAllocator> as MallocFn as usize
+    {
         return Err(format!(
             "the {name} domain is already served by ftmalloc (another copy of the extension?)"
         ));
@@ -273,25 +368,39 @@ fn install(py: Python<'_>, mode: &str) -> PyResult<()> {
         ));
     }
     let config = Config::PYMALLOC.with_debug(debug);
-    let heap = match mode {
+    let refused = |e: ftmalloc::ConfigError| PyRuntimeError::new_err(e.to_string());
+    match mode {
         // SAFETY: the heap serves only the MEM and OBJ domains, which CPython calls with the
-        // GIL held (the C-API's rule since 3.6; CPython 3.11 and later, GIL builds); `stats`
-        // reads it with the GIL held; it is never dropped. The GIL serialises every call.
-        Mode::Gil => unsafe { Allocator::serialized_by_caller(config) },
-        Mode::FreeThreaded => Allocator::with_config(Mode::FreeThreaded, config),
+        // GIL held (the C-API's rule since 3.6; CPython 3.11 and later, GIL builds, checked
+        // above); `stats` reads it with the GIL held; it is never dropped. The GIL serialises
+        // every call.
+        Mode::Gil => install_heap(
+            unsafe { SerializedAllocator::new(config) }.map_err(refused)?,
+            mode_name,
+            debug,
+        ),
+        Mode::FreeThreaded => install_heap(
+            Allocator::with_config(Mode::FreeThreaded, config).map_err(refused)?,
+            mode_name,
+            debug,
+        ),
     }
-    .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+}
+
+/// `install`'s second half: wraps both domains' allocators around `heap` (leaked), or changes
+/// nothing and says why.
+fn install_heap<H: Backing>(heap: H, mode_name: &'static str, debug: bool) -> PyResult<()> {
     let (mem, obj) = (
         current(PyMemAllocatorDomain::PYMEM_DOMAIN_MEM),
         current(PyMemAllocatorDomain::PYMEM_DOMAIN_OBJ),
     );
     // Everything that can fail is checked before anything is leaked or set.
-    let heap: &'static Allocator = Box::leak(Box::new(heap));
+    let heap: &'static H = Box::leak(Box::new(heap));
     let (wmem, wobj) = match (wrap("MEM", &mem, heap), wrap("OBJ", &obj, heap)) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
             // SAFETY: leaked just above and handed to no one.
-            drop(unsafe { Box::from_raw(heap as *const Allocator as *mut Allocator) });
+            drop(unsafe { Box::from_raw(heap as *const H as *mut H) });
             return Err(PyRuntimeError::new_err(format!(
                 "ftmalloc cannot install: {e}"
             )));
@@ -305,7 +414,7 @@ fn install(py: Python<'_>, mode: &str) -> PyResult<()> {
         })
         .is_err()
     {
-        // Unreachable with the GIL held (checked above), kept for the invariant.
+        // Unreachable with the GIL held (checked by `install`), kept for the invariant.
         return Err(PyRuntimeError::new_err("ftmalloc is already installed"));
     }
     for (domain, w) in [
@@ -314,10 +423,10 @@ fn install(py: Python<'_>, mode: &str) -> PyResult<()> {
     ] {
         let mut a = PyMemAllocatorEx {
             ctx: Box::into_raw(Box::new(w)).cast(),
-            malloc: Some(ft_malloc),
-            calloc: Some(ft_calloc),
-            realloc: Some(ft_realloc),
-            free: Some(ft_free),
+            malloc: Some(ft_malloc::<H>),
+            calloc: Some(ft_calloc::<H>),
+            realloc: Some(ft_realloc::<H>),
+            free: Some(ft_free::<H>),
         };
         // SAFETY: a complete allocator whose context is leaked (lives for ever); the GIL is
         // held, so no call of this domain runs while it is replaced. Blocks the previous
@@ -353,7 +462,8 @@ fn owns(address: usize) -> bool {
 fn snapshot() -> Option<Stats> {
     // The GIL is held (a Python function), which serialises a GIL-mode heap; the snapshot
     // allocates nothing, so no allocation of ours re-enters the heap while it is taken.
-    INSTALLED.get().map(|i| i.heap.stats())
+    // SAFETY: the GIL is held (the trait's contract for a serialised heap).
+    INSTALLED.get().map(|i| unsafe { i.heap.stats() })
 }
 
 /// The installed heap's statistics as a dict (see `ftmalloc.Stats` in Rust): geometry, one

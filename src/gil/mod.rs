@@ -50,7 +50,7 @@
 //!
 //! # Serialised by the caller
 //! [`SerialGilHeap`] (`GilHeap<true>`) is built only by
-//! [`Allocator::serialized_by_caller`](crate::Allocator::serialized_by_caller), whose caller
+//! [`SerializedAllocator::new`](crate::SerializedAllocator::new), whose caller
 //! promised that every call on it is serialised by a lock of the caller's own (CPython's GIL,
 //! for the `PyMem_*` domains that are only called with it held). Its [`GilHeap::lock`] and
 //! [`GilHeap::lock_wait`] hand out the guard without touching `state`, and dropping the guard
@@ -111,7 +111,7 @@ std::thread_local! {
 unsafe impl Send for GilCore {}
 // SAFETY: `core` is reached only through a `GilGuard`, which exists only while the lock is held
 // (or, for a `SerialGilHeap`, while the caller's own lock is held: the contract of
-// `Allocator::serialized_by_caller`, its only constructor); every other field is atomic.
+// `SerializedAllocator::new`, its only constructor); every other field is atomic.
 unsafe impl<const SERIAL: bool> Sync for GilHeap<SERIAL> {}
 // SAFETY: as above; the heap owns its mappings.
 unsafe impl<const SERIAL: bool> Send for GilHeap<SERIAL> {}
