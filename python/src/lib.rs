@@ -344,10 +344,13 @@ fn install(py: Python<'_>, mode: &str) -> PyResult<()> {
             i.mode
         )));
     }
+    // `sys.abiflags` has a `t` on a free-threaded build (Py_GIL_DISABLED); read from `sys`,
+    // which is always loaded, so GIL mode's start-up imports nothing that ft mode's does not.
     if mode == Mode::Gil
-        && PyModule::import(py, "sysconfig")?
-            .call_method1("get_config_var", ("Py_GIL_DISABLED",))?
-            .is_truthy()?
+        && PyModule::import(py, "sys")?
+            .getattr("abiflags")?
+            .extract::<String>()?
+            .contains('t')
     {
         // A free-threaded build calls these domains without a GIL: nothing would serialise a
         // GIL-mode heap.
@@ -357,7 +360,9 @@ fn install(py: Python<'_>, mode: &str) -> PyResult<()> {
         ));
     }
     let debug = debug_from_env()?;
-    let tracing = PyModule::import(py, "tracemalloc")?
+    // `_tracemalloc` (built in) rather than `tracemalloc`, which imports some thirty modules
+    // (pickle's C accelerator among them) into every interpreter the start-up hook serves.
+    let tracing = PyModule::import(py, "_tracemalloc")?
         .call_method0("is_tracing")?
         .is_truthy()?;
     if tracing {
