@@ -12,8 +12,9 @@
 #   results-rerun.csv, noise.txt               a second harness run right after the first, and
 #                                              python3 papers/noise.py comparing the two
 #   criterion-pairs.txt                        cargo bench --bench fastpath -- pair
-#   cpython.md                                 python3 bench/pytrace/cpython_bench.py --markdown
-#                                              (needs python3 and libftmalloc.so)
+#   cpython.md                                 bench/pytrace/cpython_bench.py --python VENV/bin/python
+#                                              --markdown (a venv with ./python, pyperformance and
+#                                              pyperf; libftmalloc.so)
 #   loom.txt                                   .ci/loom
 # Not run here (too long for a measuring run; regenerate by hand):
 #   mutants.txt                                .ci/mutants.py --preemptions 1 (about 35 minutes),
@@ -41,9 +42,13 @@ python3 papers/noise.py "$OUT/results.csv" "$OUT/results-rerun.csv" | tee "$OUT/
 step "criterion fast path: cargo bench --bench fastpath -- pair > $OUT/criterion-pairs.txt"
 cargo bench --bench fastpath -- pair > "$OUT/criterion-pairs.txt" 2>&1
 
-step "CPython: python3 bench/pytrace/cpython_bench.py --markdown > $OUT/cpython.md"
+step "CPython: bench/pytrace/cpython_bench.py --markdown > $OUT/cpython.md"
 cargo build --release -p ftmalloc-preload
-python3 bench/pytrace/cpython_bench.py --markdown > "$OUT/cpython.md"
+VENV=target/bench-venv
+rm -rf "$VENV"
+python3 -m venv "$VENV"
+"$VENV/bin/pip" install -q ./python pyperformance==1.14.0 pyperf==2.11.0
+"$VENV/bin/python" bench/pytrace/cpython_bench.py --python "$VENV/bin/python" --markdown > "$OUT/cpython.md"
 
 step "loom: .ci/loom > $OUT/loom.txt"
 .ci/loom > "$OUT/loom.txt" 2>&1
