@@ -213,6 +213,39 @@ impl<const SERIAL: bool> GilHeap<SERIAL> {
         }
     }
 
+    /// The always-on block check, then the whole free under the lock (`WAIT`: `lock`, an
+    /// instance's free; otherwise `try_lock`, the process heap's fast path); false (nothing
+    /// done) when the check fails (the general path reports it) or no guard is had.
+    ///
+    /// # Safety
+    /// `pool` is the header of `block`'s pool in a mapped arena of this heap; `block` is live
+    /// or invalid (then the check fails); `geo` is the heap's geometry.
+    #[inline(always)]
+    unsafe fn free_checked<const WAIT: bool>(
+        &self,
+        pool: *mut PoolHeader,
+        block: *mut u8,
+        geo: &Geometry,
+        arenas: &Arenas,
+    ) -> bool {
+        // SAFETY: `pool` is a header in a mapped arena of ours (the contract).
+        let checked = unsafe { PoolHeader::check_block(pool, block as usize, geo) };
+        if !matches!(checked, Ok((_, refs)) if refs != 0) {
+            return false;
+        }
+        let guard = if WAIT {
+            self.lock(&arenas.map)
+        } else {
+            self.try_lock(&arenas.map)
+        };
+        let Some(mut g) = guard else {
+            return false;
+        };
+        // SAFETY: a checked block of a pool in use: live by the contract.
+        unsafe { g.free(pool, block, &arenas.map) };
+        true
+    }
+
     /// Takes the lock, waiting through a fork (statistics, checks, drop: never called from
     /// `pthread_atfork` handlers).
     pub(crate) fn lock_wait<'a>(&'a self, map: &'a ArenaMap) -> GilGuard<'a, SERIAL> {
@@ -463,18 +496,8 @@ impl<const SERIAL: bool> Front for GilHeap<SERIAL> {
         geo: &Geometry,
         arenas: &Arenas,
     ) -> bool {
-        // SAFETY: `pool` is a header in a mapped arena of ours (the trait's contract).
-        match unsafe { PoolHeader::check_block(pool, block as usize, geo) } {
-            Ok((_, refs)) if refs != 0 => match self.try_lock(&arenas.map) {
-                Some(mut g) => {
-                    // SAFETY: a checked block of a pool in use: live by the contract.
-                    unsafe { g.free(pool, block, &arenas.map) };
-                    true
-                }
-                None => false,
-            },
-            _ => false,
-        }
+        // SAFETY: the trait's contract.
+        unsafe { self.free_checked::<false>(pool, block, geo, arenas) }
     }
 
     /// An instance's free with the block check made once: the check, then the whole free
@@ -489,18 +512,8 @@ impl<const SERIAL: bool> Front for GilHeap<SERIAL> {
         _local: (),
         arenas: &Arenas,
     ) -> bool {
-        // SAFETY: `pool` is a header in a mapped arena of ours (the trait's contract).
-        match unsafe { PoolHeader::check_block(pool, block as usize, geo) } {
-            Ok((_, refs)) if refs != 0 => match self.lock(&arenas.map) {
-                Some(mut g) => {
-                    // SAFETY: a checked block of a pool in use: live by the contract.
-                    unsafe { g.free(pool, block, &arenas.map) };
-                    true
-                }
-                None => false,
-            },
-            _ => false,
-        }
+        // SAFETY: the trait's contract.
+        unsafe { self.free_checked::<true>(pool, block, geo, arenas) }
     }
 
     #[inline(always)]
