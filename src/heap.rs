@@ -267,26 +267,39 @@ impl<F: Front> Heap<F> {
     /// As [`free`](Self::free); `local` `NO_LOCAL` or the caller's own.
     #[inline(always)]
     unsafe fn free_with(&self, ptr: *mut u8, local: F::Local) {
-        if !self.debug && !cfg!(feature = "asan") {
-            // The front's fast free first (a pool the caller's cache owns), with one map
-            // lookup for every pointer: a foreign one goes underneath at once.
-            if self.arenas.map.lookup(ptr as usize).is_none() {
-                if !ptr.is_null() {
-                    // SAFETY: not ours, so by contract it belongs to the allocator underneath.
-                    unsafe { large::free(ptr) };
-                }
-                return;
+        // SAFETY: forwarded contract.
+        unsafe { self.free_routed::<true>(ptr, local) };
+    }
+
+    /// Frees `ptr` and returns true when the arena map knows it. Any other pointer: with
+    /// `UNDERNEATH`, freed by the allocator underneath (true); without, left alone (false).
+    /// One map lookup, then (debug mode off) the front's check-once free of a pool the
+    /// caller's cache owns, then the general free.
+    ///
+    /// # Safety
+    /// As [`free_with`](Self::free_with).
+    #[inline(always)]
+    unsafe fn free_routed<const UNDERNEATH: bool>(&self, ptr: *mut u8, local: F::Local) -> bool {
+        if self.arenas.map.lookup(ptr as usize).is_none() {
+            if UNDERNEATH && !ptr.is_null() {
+                // SAFETY: not ours, so by contract it belongs to the allocator underneath.
+                unsafe { large::free(ptr) };
             }
+            return UNDERNEATH;
+        }
+        if !self.debug && !cfg!(feature = "asan") {
             let geo = &self.arenas.geo;
             let pool = geo.pool_of(ptr as usize) as *mut PoolHeader;
             // SAFETY: the map knows ptr, so `pool` is its pool's header in a mapped arena of
             // ours; `local` as the contract says; the front checks the block or misses.
             if unsafe { self.front.free_owned(pool, ptr, geo, local, &self.arenas) } {
-                return;
+                return true;
             }
         }
-        // SAFETY: forwarded contract.
-        unsafe { self.free_as(ptr, local, self.debug) }
+        // SAFETY: ours (the map knows it), by contract live: the general free checks it
+        // (aborting with a message on a bad one) and frees it, or defers it during a fork.
+        unsafe { self.free_as(ptr, local, self.debug) };
+        true
     }
 
     /// The process-wide heap's free when it knows debug mode is off (`global`: the mode and
@@ -393,26 +406,8 @@ impl<F: Front> Heap<F> {
     /// See [`Allocator::free_owned`].
     #[inline(always)]
     pub(crate) unsafe fn free_owned(&self, ptr: *mut u8) -> bool {
-        if self.arenas.map.lookup(ptr as usize).is_none() {
-            return false;
-        }
-        if !self.debug && !cfg!(feature = "asan") {
-            // As `free_with`: the front's check-once free, with the one map lookup above.
-            let geo = &self.arenas.geo;
-            let pool = geo.pool_of(ptr as usize) as *mut PoolHeader;
-            // SAFETY: the map knows ptr, so `pool` is its pool's header in a mapped arena of
-            // ours; the front checks the block or misses.
-            if unsafe {
-                self.front
-                    .free_owned(pool, ptr, geo, F::NO_LOCAL, &self.arenas)
-            } {
-                return true;
-            }
-        }
-        // SAFETY: ours (the map knows it), by contract live: the general free checks it
-        // (aborting with a message on a bad one) and frees it, or defers it during a fork.
-        unsafe { self.free_as(ptr, F::NO_LOCAL, self.debug) };
-        true
+        // SAFETY: forwarded contract; NO_LOCAL.
+        unsafe { self.free_routed::<false>(ptr, F::NO_LOCAL) }
     }
 
     /// See [`Allocator::usable_size`].
