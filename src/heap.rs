@@ -586,7 +586,7 @@ impl Allocator {
     /// As [`GlobalAlloc::alloc`](core::alloc::GlobalAlloc::alloc), except that a zero size is
     /// allowed (it is served by the allocator underneath; in debug mode by a pool block for 1
     /// byte).
-    #[inline]
+    #[inline(always)]
     pub unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded contract.
         dispatch!(&self.inner, h => unsafe { h.alloc(layout) })
@@ -653,7 +653,7 @@ impl Allocator {
     ///
     /// # Safety
     /// A pointer inside our arenas must be live and come from this heap's `alloc` family.
-    #[inline]
+    #[inline(always)]
     pub unsafe fn free_owned(&self, ptr: *mut u8) -> bool {
         // SAFETY: forwarded contract.
         dispatch!(&self.inner, h => unsafe { h.free_owned(ptr) })

@@ -101,32 +101,40 @@ trait Backing: Send + Sync + 'static {
 macro_rules! backing {
     ($t:ty, |$h:ident| $stats:expr) => {
         impl Backing for $t {
+            #[inline(always)]
             fn owns(&self, ptr: *const u8) -> bool {
                 <$t>::owns(self, ptr)
             }
+            #[inline(always)]
             fn pooled_limit(&self) -> usize {
                 <$t>::pooled_limit(self)
             }
+            #[inline(always)]
             unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
                 // SAFETY: forwarded contract.
                 unsafe { <$t>::alloc(self, layout) }
             }
+            #[inline(always)]
             unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
                 // SAFETY: forwarded contract.
                 unsafe { <$t>::alloc_zeroed(self, layout) }
             }
+            #[inline(always)]
             unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
                 // SAFETY: forwarded contract.
                 unsafe { <$t>::realloc(self, ptr, layout, new_size) }
             }
+            #[inline(always)]
             unsafe fn usable_size(&self, ptr: *const u8) -> usize {
                 // SAFETY: forwarded contract.
                 unsafe { <$t>::usable_size(self, ptr) }
             }
+            #[inline(always)]
             unsafe fn free(&self, ptr: *mut u8) {
                 // SAFETY: forwarded contract.
                 unsafe { <$t>::free(self, ptr) }
             }
+            #[inline(always)]
             unsafe fn free_owned(&self, ptr: *mut u8) -> bool {
                 // SAFETY: forwarded contract.
                 unsafe { <$t>::free_owned(self, ptr) }
