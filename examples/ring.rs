@@ -80,35 +80,29 @@ fn main() {
 
 /// The ring on an instance.
 fn instance_ring(steps: usize, a: &Allocator) {
-    let mut ring = [(std::ptr::null_mut::<u8>(), 0usize); 1024];
-    let mut x: u32 = 12345;
-    for i in 0..steps {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        let size = 16 + (x % 32) as usize * 16;
-        let slot = &mut ring[i & 1023];
-        if !slot.0.is_null() {
-            // SAFETY: allocated below from `a` with this layout, freed once.
-            unsafe { inst_dealloc(a, slot.0, Layout::from_size_align_unchecked(slot.1, 8)) };
-        }
+    run(
+        steps,
         // SAFETY: a non-zero size, alignment 8.
-        let p = unsafe { inst_alloc(a, Layout::from_size_align_unchecked(size, 8)) };
-        assert!(!p.is_null());
-        // SAFETY: a fresh block of `size` bytes.
-        unsafe { p.write(1) };
-        *slot = (p, size);
-    }
-    for (p, size) in ring {
-        if !p.is_null() {
-            // SAFETY: live blocks of `a` allocated with these layouts.
-            unsafe { a.dealloc(p, Layout::from_size_align_unchecked(size, 8)) };
-        }
-    }
+        |l| unsafe { inst_alloc(a, l) },
+        // SAFETY: a live block of `a` allocated with this layout, freed once.
+        |p, l| unsafe { inst_dealloc(a, p, l) },
+    );
 }
 
 /// The ring through `#[global_allocator]`.
 fn ring(steps: usize) {
+    run(
+        steps,
+        // SAFETY: a non-zero size, alignment 8.
+        |l| unsafe { ring_alloc(l) },
+        // SAFETY: a live block allocated with this layout, freed once.
+        |p, l| unsafe { ring_dealloc(p, l) },
+    );
+}
+
+/// The ring itself: `alloc` and `dealloc` are the counted units (never inlined), called with
+/// sizes of 16..=512 and alignment 8; the blocks left at the end are freed with `dealloc` too.
+fn run(steps: usize, alloc: impl Fn(Layout) -> *mut u8, dealloc: impl Fn(*mut u8, Layout)) {
     let mut ring = [(std::ptr::null_mut::<u8>(), 0usize); 1024];
     let mut x: u32 = 12345;
     for i in 0..steps {
@@ -118,11 +112,13 @@ fn ring(steps: usize) {
         let size = 16 + (x % 32) as usize * 16;
         let slot = &mut ring[i & 1023];
         if !slot.0.is_null() {
-            // SAFETY: allocated below with this layout, freed once.
-            unsafe { ring_dealloc(slot.0, Layout::from_size_align_unchecked(slot.1, 8)) };
+            // SAFETY: a valid layout (a non-zero size, alignment 8).
+            dealloc(slot.0, unsafe {
+                Layout::from_size_align_unchecked(slot.1, 8)
+            });
         }
-        // SAFETY: a non-zero size, alignment 8.
-        let p = unsafe { ring_alloc(Layout::from_size_align_unchecked(size, 8)) };
+        // SAFETY: as above.
+        let p = alloc(unsafe { Layout::from_size_align_unchecked(size, 8) });
         assert!(!p.is_null());
         // SAFETY: a fresh block of `size` bytes.
         unsafe { p.write(1) };
@@ -130,8 +126,8 @@ fn ring(steps: usize) {
     }
     for (p, size) in ring {
         if !p.is_null() {
-            // SAFETY: live blocks allocated with these layouts.
-            unsafe { dealloc(p, Layout::from_size_align_unchecked(size, 8)) };
+            // SAFETY: as above.
+            dealloc(p, unsafe { Layout::from_size_align_unchecked(size, 8) });
         }
     }
 }

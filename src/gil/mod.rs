@@ -177,18 +177,10 @@ impl<const SERIAL: bool> GilHeap<SERIAL> {
     /// (protocol step 2: serve the request without the heap).
     #[inline(always)]
     pub(crate) fn lock<'a>(&'a self, map: &'a ArenaMap) -> Option<GilGuard<'a, SERIAL>> {
-        if SERIAL {
-            // The caller holds its own lock across this call (the constructor's contract).
-            return Some(GilGuard { heap: self, map });
-        }
-        if self
-            .state
-            .compare_exchange(0, LOCKED, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-        {
-            Some(GilGuard { heap: self, map })
-        } else {
-            self.lock_slow(map, false)
+        // The uncontended case (and a serialised heap) is `try_lock`'s.
+        match self.try_lock(map) {
+            Some(g) => Some(g),
+            None => self.lock_slow(map, false),
         }
     }
 
@@ -197,7 +189,7 @@ impl<const SERIAL: bool> GilHeap<SERIAL> {
     #[inline(always)]
     fn try_lock<'a>(&'a self, map: &'a ArenaMap) -> Option<GilGuard<'a, SERIAL>> {
         if SERIAL {
-            // The caller holds its own lock across this call (as in `lock`).
+            // The caller holds its own lock across this call (the constructor's contract).
             return Some(GilGuard { heap: self, map });
         }
         // Not `bool::then_some`: it would build a guard either way, and dropping the unused
