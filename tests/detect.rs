@@ -9,7 +9,6 @@ mod common;
 
 use ftmalloc::{Allocator, Config, Mode};
 use std::alloc::Layout;
-use std::process::Command;
 
 const CASE: &str = "FTMALLOC_DETECT_CASE";
 
@@ -17,27 +16,20 @@ fn lay(n: usize) -> Layout {
     Layout::from_size_align(n, 8).unwrap()
 }
 
-/// Runs `case` in a child, in `mode`.
-fn run_child(case: &str, mode: &str) -> std::process::Output {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["child", "--exact", "--nocapture", "--test-threads=1"])
-        .env(CASE, format!("{case}:{mode}"))
-        .output()
-        .unwrap()
+/// The child test's name (it commits the case named by `CASE`).
+const CHILD: &str = "child";
+
+/// The environment of a child that runs `case` in `mode`.
+fn case_env(case: &str, mode: &str) -> [(&'static str, String); 1] {
+    [(CASE, format!("{case}:{mode}"))]
 }
 
-/// Runs `case` in a child, in `mode`; returns its stderr after checking it died by SIGABRT.
+/// Runs `case` in a child, in `mode`; checks that it started in that mode and then died by
+/// `SIGABRT`, and returns its stderr.
 fn die_in_child(case: &str, mode: &str) -> String {
-    let out = run_child(case, mode);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGABRT),
-        "case {case} ({mode}) did not abort: {:?}\n{err}",
-        out.status
-    );
-    err
+    let [(k, v)] = case_env(case, mode);
+    let out = common::run_aborting(CHILD, &[(k, &v)], Mode::from_name(mode).unwrap());
+    common::stderr(&out)
 }
 
 /// Prints the address a child case is about to hand to the allocator (`target 0x…`), so the
@@ -53,14 +45,6 @@ fn target(err: &str) -> &str {
         .unwrap_or_else(|| panic!("the child announced no target:\n{err}"))
 }
 
-/// Resident bytes of this process.
-fn rss() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
-}
-
 /// The child: commits the error named by the environment.
 #[test]
 fn child() {
@@ -71,27 +55,33 @@ fn child() {
     let mode = Mode::from_name(mode).unwrap();
     let debug = Allocator::with_config(mode, Config::PYMALLOC.with_debug(true)).unwrap();
     let plain = Allocator::new(mode);
+    assert_eq!(plain.mode(), debug.mode());
+    common::started(debug.mode());
     // SAFETY: none, on purpose: each case commits the error the allocator must catch.
     unsafe {
         match case {
             "double-free" => {
                 let p = debug.alloc(lay(40));
                 debug.dealloc(p, lay(40));
+                announce(p);
                 debug.dealloc(p, lay(40));
             }
             "overrun" => {
                 let p = debug.alloc(lay(40));
                 *p.add(40) = 1;
+                announce(p);
                 debug.dealloc(p, lay(40));
             }
             "underrun" => {
                 let p = debug.alloc(lay(40));
                 *p.sub(1) = 1;
+                announce(p);
                 debug.dealloc(p, lay(40));
             }
             "realloc-overrun" => {
                 let p = debug.alloc(lay(24));
                 *p.add(30) = 7;
+                announce(p);
                 debug.realloc(p, lay(24), 100);
             }
             "use-after-free" => {
@@ -99,14 +89,17 @@ fn child() {
                 debug.dealloc(p, lay(64));
                 *p.add(10) = 42;
                 // The block comes back (LIFO) and its damaged 0xDD fill is seen.
+                announce(p);
                 let _ = debug.alloc(lay(64));
             }
             "interior-debug" => {
                 let p = debug.alloc(lay(64));
+                announce(p.add(16));
                 debug.free(p.add(16));
             }
             "interior" => {
                 let p = plain.alloc(lay(64));
+                announce(p.add(8));
                 plain.free(p.add(8));
             }
             "realloc-interior-debug" => {
@@ -155,10 +148,10 @@ fn child() {
             // Not an error: exits normally (the parent checks), panics on failure.
             "calloc-rss-debug" => {
                 let n = 1usize << 30;
-                let before = rss();
+                let before = common::rss();
                 let p = debug.alloc_zeroed(Layout::from_size_align(n, 16).unwrap());
                 assert!(!p.is_null(), "alloc_zeroed of 1 GiB failed");
-                let after = rss();
+                let after = common::rss();
                 eprintln!("alloc_zeroed(1 GiB) in debug mode: RSS {before} -> {after} bytes");
                 assert!(
                     after.saturating_sub(before) < 64 << 20,
@@ -171,6 +164,7 @@ fn child() {
             "unused-pool" => {
                 let p = plain.alloc(lay(64));
                 // A pool of the same arena that was never handed out.
+                announce(p.add(5 * 16384));
                 plain.free(p.add(5 * 16384));
             }
             other => panic!("unknown case {other}"),
@@ -181,24 +175,39 @@ fn child() {
 
 #[test]
 fn debug_mode_detects_each_error_in_both_modes() {
+    // The message and where it names the faulting pointer `{t}` (as the child announced it).
     let cases = [
-        ("double-free", "double free"),
-        ("overrun", "write past the end"),
-        ("underrun", "write before the start"),
-        ("realloc-overrun", "write past the end"),
-        ("use-after-free", "write to freed memory"),
-        ("interior-debug", "not the start of a block"),
+        ("double-free", "ftmalloc debug: double free at {t} ("),
+        (
+            "overrun",
+            "ftmalloc debug: write past the end of the block (guard bytes damaged) at {t} (",
+        ),
+        (
+            "underrun",
+            "ftmalloc debug: write before the start of the block (guard bytes damaged) at {t} (",
+        ),
+        (
+            "realloc-overrun",
+            "ftmalloc debug: write past the end of the block (guard bytes damaged) at {t} (",
+        ),
+        (
+            "use-after-free",
+            "ftmalloc debug: write to freed memory (seen when the block was handed out again) \
+             at {t} (",
+        ),
+        (
+            "interior-debug",
+            "ftmalloc: invalid free of {t}: not the start of a block (",
+        ),
     ];
     for &mode in Mode::NAMES {
         for (case, message) in cases {
             let err = die_in_child(case, mode);
+            let t = target(&err);
+            let message = message.replace("{t}", t);
             assert!(
-                err.contains(message),
-                "{case} ({mode}): expected {message:?} in:\n{err}"
-            );
-            assert!(
-                err.contains("0x"),
-                "{case} ({mode}): the message names no pointer:\n{err}"
+                err.contains(&message),
+                "{case} ({mode}): expected {message:?}, naming the pointer, in:\n{err}"
             );
             assert!(
                 err.contains("size class"),
@@ -316,14 +325,9 @@ fn debug_mode_large_zeroed_request_is_not_resident() {
     if std::env::var(CASE).is_ok() {
         return;
     }
-    for &mode in Mode::NAMES {
-        let out = run_child("calloc-rss-debug", mode);
-        assert!(
-            out.status.success(),
-            "calloc-rss-debug ({mode}): {:?}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+    for mode in common::modes() {
+        let [(k, v)] = case_env("calloc-rss-debug", mode.name());
+        common::run_passing(CHILD, &[(k, &v)], mode);
     }
 }
 
@@ -331,8 +335,9 @@ fn debug_mode_large_zeroed_request_is_not_resident() {
 fn always_on_checks_catch_invalid_frees() {
     for &mode in Mode::NAMES {
         let err = die_in_child("interior", mode);
+        let t = target(&err);
         assert!(
-            err.contains("invalid free of 0x") && err.contains("not the start of a block"),
+            err.contains(&format!("invalid free of {t}: not the start of a block")),
             "{err}"
         );
         let err = die_in_child("free-pool-start", mode);
@@ -344,8 +349,9 @@ fn always_on_checks_catch_invalid_frees() {
             "{err}"
         );
         let err = die_in_child("unused-pool", mode);
+        let t = target(&err);
         assert!(
-            err.contains("invalid free of 0x") && err.contains("not in use"),
+            err.contains(&format!("invalid free of {t}: ")) && err.contains("not in use"),
             "{err}"
         );
     }
