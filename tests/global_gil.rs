@@ -4,12 +4,16 @@
 //! The mode is read from `FTMALLOC_MODE` once, at the first allocation, so every check runs in
 //! a child process: this binary re-executed with `FTMALLOC_MODE` (and `FTMALLOC_STATS`) set, a
 //! filter naming the test, and `FTMALLOC_TEST_WORK` telling the child to do the work. The
-//! parent only starts children and checks what they report.
+//! parent only starts children and checks what they report (`common::run_passing`: the child
+//! ran that one test, in the mode asked for, and passed).
 
+mod common;
+
+use common::show;
 use ftmalloc::{FtMalloc, Mode};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::mpsc;
 
 #[global_allocator]
@@ -18,44 +22,32 @@ static A: FtMalloc = FtMalloc;
 /// Set in a child: do the test's work instead of starting children.
 const WORK: &str = "FTMALLOC_TEST_WORK";
 
+/// True in a child; then reports the process-wide heap's mode for the parent to check.
 fn is_child() -> bool {
-    std::env::var_os(WORK).is_some()
+    let child = std::env::var_os(WORK).is_some();
+    if child {
+        common::started(FtMalloc::stats().mode);
+    }
+    child
 }
 
-/// Runs test `test` of this binary in a child with `env` set (and nothing else of ftmalloc's).
+/// `env` and `WORK`, for a child.
+fn with_work<'a>(env: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut all = vec![(WORK, "1")];
+    all.extend_from_slice(env);
+    all
+}
+
+/// Runs test `test` of this binary in a child with `env` set (and nothing else of ftmalloc's);
+/// checks nothing.
 fn run_self(test: &str, env: &[(&str, &str)]) -> Output {
-    Command::new(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env_remove("FTMALLOC_MODE")
-        .env_remove("FTMALLOC_STATS")
-        .env_remove("FTMALLOC_DECAY_MS")
-        .env(WORK, "1")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
+    common::run_child(test, &with_work(env))
 }
 
-fn show(out: &Output) -> String {
-    format!(
-        "status {}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn assert_passed(out: &Output, what: &str) {
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
-        "{what}: the child failed or ran no test:\n{}",
-        show(out)
-    );
-}
-
-/// The child's mode, as the parent asked for it.
-fn requested_mode() -> Mode {
-    let name = std::env::var("FTMALLOC_MODE").expect("the parent sets FTMALLOC_MODE");
-    Mode::from_name(&name).unwrap()
+/// Runs test `test` in a child with `env` and requires that it ran, with its heap in `mode`,
+/// and passed.
+fn run_passing(test: &str, env: &[(&str, &str)], mode: Mode) -> Output {
+    common::run_passing(test, &with_work(env), mode)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -257,21 +249,15 @@ fn workload() -> Vec<String> {
 #[test]
 fn std_collections_on_eight_threads() {
     if !is_child() {
-        for &mode in Mode::NAMES {
-            let out = run_self(
+        for mode in common::modes() {
+            run_passing(
                 "std_collections_on_eight_threads",
-                &[("FTMALLOC_MODE", mode)],
+                &[("FTMALLOC_MODE", mode.name())],
+                mode,
             );
-            assert_passed(&out, mode);
         }
         return;
     }
-    let mode = requested_mode();
-    assert_eq!(
-        FtMalloc::stats().mode,
-        mode,
-        "FTMALLOC_MODE was not honoured"
-    );
     let kept = workload();
     let small = kept
         .iter()
@@ -389,12 +375,12 @@ fn a_bad_decay_is_refused_naming_it() {
 #[test]
 fn a_zero_decay_purges_returned_pools_at_once() {
     if !is_child() {
-        for &mode in Mode::NAMES {
-            let out = run_self(
+        for mode in common::modes() {
+            run_passing(
                 "a_zero_decay_purges_returned_pools_at_once",
-                &[("FTMALLOC_MODE", mode), ("FTMALLOC_DECAY_MS", "0")],
+                &[("FTMALLOC_MODE", mode.name()), ("FTMALLOC_DECAY_MS", "0")],
+                mode,
             );
-            assert_passed(&out, mode);
         }
         return;
     }
@@ -402,7 +388,7 @@ fn a_zero_decay_purges_returned_pools_at_once() {
     assert!(v.iter().enumerate().all(|(i, b)| b[199] == i as u8));
     drop(v);
     let s = FtMalloc::stats();
-    match requested_mode() {
+    match s.mode {
         Mode::FreeThreaded => {
             assert!(s.pools_purged >= 100, "{s}");
             assert_eq!(s.dirty_pools, 0, "{s}");
@@ -430,17 +416,16 @@ fn stat(stderr: &str, label: &str) -> usize {
 #[test]
 fn stats_flag_prints_the_table_at_exit() {
     if is_child() {
-        assert_eq!(FtMalloc::stats().mode, requested_mode());
         let v: Vec<Box<[u8; 100]>> = (0..5000).map(|i| Box::new([i as u8; 100])).collect();
         assert!(v.iter().enumerate().all(|(i, b)| b[99] == i as u8));
         return;
     }
-    for &mode in Mode::NAMES {
-        let out = run_self(
+    for mode in common::modes() {
+        let out = run_passing(
             "stats_flag_prints_the_table_at_exit",
-            &[("FTMALLOC_MODE", mode), ("FTMALLOC_STATS", "1")],
+            &[("FTMALLOC_MODE", mode.name()), ("FTMALLOC_STATS", "1")],
+            mode,
         );
-        assert_passed(&out, mode);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             stderr.contains(&format!("ftmalloc ({mode} mode)")),
@@ -460,12 +445,247 @@ fn stats_flag_prints_the_table_at_exit() {
     for quiet in [None, Some("0"), Some("")] {
         let mut env = vec![("FTMALLOC_MODE", "gil")];
         env.extend(quiet.map(|v| ("FTMALLOC_STATS", v)));
-        let out = run_self("stats_flag_prints_the_table_at_exit", &env);
-        assert_passed(&out, "FTMALLOC_STATS unset, 0 or empty");
+        let out = run_passing("stats_flag_prints_the_table_at_exit", &env, Mode::Gil);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             !stderr.contains("# arenas allocated total"),
             "FTMALLOC_STATS={quiet:?} printed stats:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn the_mode_unset_or_empty_is_free_threaded() {
+    if is_child() {
+        let v: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+        assert_eq!(v[999], "999");
+        return;
+    }
+    // The helper checks the mode the child's process-wide heap reports.
+    run_passing("the_mode_unset_or_empty_is_free_threaded", &[], Mode::FreeThreaded);
+    run_passing(
+        "the_mode_unset_or_empty_is_free_threaded",
+        &[("FTMALLOC_MODE", "")],
+        Mode::FreeThreaded,
+    );
+}
+
+#[test]
+fn a_bad_debug_flag_aborts_naming_it() {
+    if is_child() {
+        return;
+    }
+    for bad in ["yes", "2", "on"] {
+        let out = run_self(
+            "a_bad_debug_flag_aborts_naming_it",
+            &[("FTMALLOC_DEBUG", bad)],
+        );
+        let (line, accepted) = refusal(&out, "FTMALLOC_DEBUG");
+        assert!(
+            line.contains(&format!("FTMALLOC_DEBUG=\"{bad}\" is not accepted")),
+            "the value is not named: {line}"
+        );
+        assert_eq!(accepted, ["0", "1"], "{line}");
+    }
+}
+
+/// The child prints the process-wide heap's largest pooled request: 512, less debug mode's
+/// header and guards when `FTMALLOC_DEBUG` turned debug mode on.
+#[test]
+fn the_debug_flag_is_off_unless_1() {
+    if is_child() {
+        eprintln!("pooled_limit {}", FtMalloc::instance().pooled_limit());
+        return;
+    }
+    for mode in common::modes() {
+        for (value, on) in [(None, false), (Some(""), false), (Some("0"), false), (Some("1"), true)]
+        {
+            let mut env = vec![("FTMALLOC_MODE", mode.name())];
+            env.extend(value.map(|v| ("FTMALLOC_DEBUG", v)));
+            let out = run_passing("the_debug_flag_is_off_unless_1", &env, mode);
+            let err = common::stderr(&out);
+            let limit: usize = err
+                .lines()
+                .find_map(|l| l.strip_prefix("pooled_limit "))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no pooled_limit line:\n{}", show(&out)));
+            assert_eq!(
+                limit < 512,
+                on,
+                "{mode}, FTMALLOC_DEBUG={value:?}: debug mode should be {}; pooled limit {limit}",
+                if on { "on" } else { "off" }
+            );
+        }
+    }
+}
+
+/// What the decay child must see: its freed pools purged after two waits of 150 ms, or kept.
+const DECAY_EXPECT: &str = "FTMALLOC_TEST_DECAY_EXPECT";
+
+/// The decay child (free-threaded): frees about 250 pools' worth of blocks (keeping one block per
+/// arena, so that no arena is released and only purging can take their pages), then twice
+/// waits 150 ms and runs a maintenance pass (a thread exit runs one when it is due). With a
+/// decay of 100 ms a pool is purged by the second pass after it stayed free for an interval;
+/// with 3,600,000 ms, never in this test. Right after the frees, if they took under 90 ms, no
+/// freed pool can have been purged yet with a decay of 100 ms (a decay of 0 purges at once).
+fn decay_child() {
+    let expect = std::env::var(DECAY_EXPECT).expect("the parent says what to expect");
+    let heap = FtMalloc::instance();
+    let v: Vec<Box<[u8; 200]>> = (0..20_000).map(|i| Box::new([i as u8; 200])).collect();
+    let mut arenas = std::collections::BTreeSet::new();
+    let mut keep = Vec::new();
+    let start = std::time::Instant::now();
+    for b in v {
+        if arenas.insert(heap.geometry().arena_of(&*b as *const u8 as usize)) {
+            keep.push(b);
+        }
+    }
+    let freed = FtMalloc::stats();
+    let took = start.elapsed();
+    assert!(freed.counters.current >= 3, "{freed}");
+    if took < std::time::Duration::from_millis(90) && expect == "purged" {
+        assert!(
+            freed.dirty_pools >= 100,
+            "pools were purged within {took:?} of their return (the decay is not 100 ms):\n{freed}"
+        );
+    }
+    for _ in 0..2 {
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        std::thread::spawn(|| drop(std::hint::black_box(Box::new([1u8; 64]))))
+            .join()
+            .unwrap();
+    }
+    let after = FtMalloc::stats();
+    eprintln!(
+        "decay: frees took {took:?}; dirty {} -> {}, purged {} -> {}",
+        freed.dirty_pools, after.dirty_pools, freed.pools_purged, after.pools_purged
+    );
+    match expect.as_str() {
+        "purged" => assert!(
+            after.pools_purged >= freed.pools_purged + 100 && after.dirty_pools < 100,
+            "the freed pools were not purged after 2 x 150 ms:\n{freed}\n{after}"
+        ),
+        "kept" => assert!(
+            after.pools_purged == freed.pools_purged && after.dirty_pools >= freed.dirty_pools,
+            "pools were purged before the decay interval:\n{freed}\n{after}"
+        ),
+        other => panic!("{DECAY_EXPECT}={other}"),
+    }
+    drop(keep);
+}
+
+/// `FTMALLOC_DECAY_MS`: unset or empty means 100 ms (freed pools stay resident for at least
+/// 90 ms and are purged within 300 ms), and a value is honoured (3,600,000: nothing purged;
+/// 50: purged).
+#[test]
+fn the_decay_defaults_to_100_ms_and_a_value_is_honoured() {
+    if is_child() {
+        decay_child();
+        return;
+    }
+    let test = "the_decay_defaults_to_100_ms_and_a_value_is_honoured";
+    for (value, expect) in [
+        (None, "purged"),
+        (Some(""), "purged"),
+        (Some("3600000"), "kept"),
+        (Some("50"), "purged"),
+    ] {
+        let mut env = vec![("FTMALLOC_MODE", "ft"), (DECAY_EXPECT, expect)];
+        env.extend(value.map(|v| ("FTMALLOC_DECAY_MS", v)));
+        run_passing(test, &env, Mode::FreeThreaded);
+    }
+}
+
+/// `FTMALLOC_STATS=1` in free-threaded mode prints the thread-cache and purge rows too; with
+/// `FTMALLOC_DECAY_MS=0` the zero-decay child's freed pools are all purged.
+#[test]
+fn stats_flag_prints_thread_cache_and_purge_rows() {
+    if is_child() {
+        return;
+    }
+    let out = run_passing(
+        "a_zero_decay_purges_returned_pools_at_once",
+        &[
+            ("FTMALLOC_MODE", "ft"),
+            ("FTMALLOC_DECAY_MS", "0"),
+            ("FTMALLOC_STATS", "1"),
+        ],
+        Mode::FreeThreaded,
+    );
+    let stderr = common::stderr(&out);
+    assert!(stat(&stderr, "# thread caches") >= 1, "{stderr}");
+    for row in [
+        "# pools held by thread caches",
+        "# pools awaiting adoption",
+        "# most pools held by one cache",
+    ] {
+        stat(&stderr, row);
+    }
+    assert_eq!(stat(&stderr, "# free pools not yet purged"), 0, "{stderr}");
+    let purged = stat(&stderr, "# pools purged");
+    assert!(purged >= 100, "{stderr}");
+    assert_eq!(stat(&stderr, "# bytes purged"), purged * 16384, "{stderr}");
+}
+
+/// The environment configures the process-wide heap only: in a process whose heap is in one
+/// mode with debug mode on and a decay of 0, `Allocator::new` of the other mode gets that mode
+/// without debug mode, and an instance's decay is its own.
+#[test]
+fn the_environment_does_not_apply_to_instances() {
+    if is_child() {
+        let process = FtMalloc::instance();
+        assert!(process.pooled_limit() < 512, "FTMALLOC_DEBUG=1 not applied");
+        let other = match process.mode() {
+            Mode::Gil => Mode::FreeThreaded,
+            Mode::FreeThreaded => Mode::Gil,
+        };
+        let a = ftmalloc::Allocator::new(other);
+        assert_eq!(a.mode(), other);
+        assert_eq!(a.stats().mode, other);
+        assert_eq!(a.pooled_limit(), 512, "debug mode leaked into an instance");
+        // A decay of an hour: the freed pools stay resident (a decay of 0 would purge them).
+        let slow = ftmalloc::Allocator::with_config(
+            Mode::FreeThreaded,
+            ftmalloc::Config::PYMALLOC.with_decay_ms(3_600_000),
+        )
+        .unwrap();
+        let l = std::alloc::Layout::from_size_align(200, 8).unwrap();
+        // Through an explicit handle, which owns its pools and returns each as it empties
+        // (with the process-wide heap in free-threaded mode, this thread's memo is that heap's).
+        let mut tc = slow.thread_cache().expect("a cache slot");
+        // SAFETY: a valid layout; every block is freed once, below.
+        let blocks: Vec<*mut u8> = (0..20_000).map(|_| unsafe { tc.alloc(l) }).collect();
+        // One block kept per arena: no arena is released, only purging could take the pages.
+        let mut arenas = std::collections::BTreeSet::new();
+        let mut keep = Vec::new();
+        for p in blocks {
+            if arenas.insert(slow.geometry().arena_of(p as usize)) {
+                keep.push(p);
+            } else {
+                // SAFETY: a live block of `slow`, freed once.
+                unsafe { tc.dealloc(p, l) };
+            }
+        }
+        let s = slow.stats();
+        assert!(
+            s.dirty_pools >= 100 && s.pools_purged == 0,
+            "FTMALLOC_DECAY_MS=0 leaked into an instance:\n{s}"
+        );
+        for p in keep {
+            // SAFETY: the last live blocks, freed once.
+            unsafe { tc.dealloc(p, l) };
+        }
+        return;
+    }
+    for mode in common::modes() {
+        run_passing(
+            "the_environment_does_not_apply_to_instances",
+            &[
+                ("FTMALLOC_MODE", mode.name()),
+                ("FTMALLOC_DEBUG", "1"),
+                ("FTMALLOC_DECAY_MS", "0"),
+            ],
+            mode,
         );
     }
 }
