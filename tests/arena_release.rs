@@ -4,10 +4,12 @@
 //! The RSS check runs in a child process (this binary re-executed with a filter), one per mode,
 //! so no other test of the binary allocates or frees while the resident set is measured.
 
+mod common;
+
+use common::{modes, rss};
 use ftmalloc::{Allocator, Mode};
 use std::alloc::Layout;
 use std::collections::BTreeSet;
-use std::process::Command;
 
 /// Set (to a mode name) in the child that does the RSS measurement.
 const CHILD_MODE: &str = "FTMALLOC_ARENA_RELEASE_MODE";
@@ -15,12 +17,6 @@ const CHILD_MODE: &str = "FTMALLOC_ARENA_RELEASE_MODE";
 const BLOCK: usize = 256;
 /// 4 MiB of 256-byte blocks: 63 blocks per 16 KiB pool, 64 pools per arena, so 5 arenas.
 const LOAD: usize = 4 << 20;
-
-fn modes() -> impl Iterator<Item = Mode> {
-    Mode::NAMES
-        .iter()
-        .map(|n| Mode::from_name(n).unwrap_or_else(|| panic!("Mode::NAMES lists {n:?}")))
-}
 
 fn lay() -> Layout {
     Layout::from_size_align(BLOCK, 8).unwrap()
@@ -52,50 +48,21 @@ fn drain(a: &Allocator, blocks: &mut Vec<*mut u8>) {
     }
 }
 
-/// Resident set size of this process in bytes (`/proc/self/statm`, second field, in pages).
-fn rss() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("read /proc/self/statm");
-    let pages: usize = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|f| f.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected /proc/self/statm: {statm:?}"));
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    assert!(page > 0);
-    pages * page as usize
-}
-
 #[test]
 fn freeing_everything_unmaps_arenas_and_returns_rss() {
     let Ok(name) = std::env::var(CHILD_MODE) else {
-        for mode in Mode::NAMES {
-            let out = Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "freeing_everything_unmaps_arenas_and_returns_rss",
-                    "--exact",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(CHILD_MODE, mode)
-                .output()
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success(),
-                "{mode} mode: {}\n{stdout}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(
-                stdout.contains("1 passed"),
-                "{mode} mode: the child ran no test:\n{stdout}"
+        for mode in modes() {
+            common::run_passing(
+                "freeing_everything_unmaps_arenas_and_returns_rss",
+                &[(CHILD_MODE, mode.name())],
+                mode,
             );
         }
         return;
     };
     let mode = Mode::from_name(&name).unwrap();
     let a = Allocator::new(mode);
+    common::started(a.mode());
     let mut blocks = Vec::with_capacity(LOAD / BLOCK);
     let before = rss();
     fill(&a, &mut blocks);
@@ -247,22 +214,10 @@ const CHILD_PURGE: &str = "FTMALLOC_PURGE_CHILD";
 #[test]
 fn free_pools_are_purged_after_the_decay() {
     if std::env::var_os(CHILD_PURGE).is_none() {
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "free_pools_are_purged_after_the_decay",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_PURGE, "1")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("1 passed"),
-            "{}\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
+        common::run_passing(
+            "free_pools_are_purged_after_the_decay",
+            &[(CHILD_PURGE, "1")],
+            Mode::FreeThreaded,
         );
         return;
     }
@@ -272,6 +227,7 @@ fn free_pools_are_purged_after_the_decay() {
         ftmalloc::Config::PYMALLOC.with_decay_ms(DECAY_MS),
     )
     .unwrap();
+    common::started(a.mode());
     let mut blocks = Vec::with_capacity(LOAD / BLOCK);
     for round in 0..2 {
         fill(&a, &mut blocks);

@@ -2,20 +2,15 @@
 //! again once memory is back; 10,000 threads spawned and exited in waves, with their blocks freed
 //! after they died. (Fork while threads allocate is in `tests/global_fork.rs`.)
 
+mod common;
+
 use ftmalloc::{Allocator, Mode};
 use std::alloc::Layout;
-use std::process::Command;
 
 const ROLE: &str = "FTMALLOC_FAULTS_CHILD";
 
 fn lay(n: usize) -> Layout {
     Layout::from_size_align(n, 8).unwrap()
-}
-
-fn vm_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: u64 = statm.split_whitespace().next().unwrap().parse().unwrap();
-    pages * 4096
 }
 
 /// The child: exhausts a capped address space, then lifts the cap.
@@ -25,6 +20,7 @@ fn child() {
         return;
     };
     let a = Allocator::new(Mode::from_name(&mode).unwrap());
+    common::started(a.mode());
     // Warm up: one arena and this thread's cache exist before the cap.
     let mut live: Vec<usize> = Vec::with_capacity(1 << 20);
     // SAFETY: freed at the end.
@@ -36,7 +32,7 @@ fn child() {
     // SAFETY: valid out-pointer.
     assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut old) }, 0);
     let cap = libc::rlimit {
-        rlim_cur: vm_bytes() + (48 << 20),
+        rlim_cur: common::vm_bytes() as u64 + (48 << 20),
         rlim_max: old.rlim_max,
     };
     // SAFETY: lowering our own soft limit.
@@ -92,18 +88,12 @@ fn address_space_exhaustion_gives_null_then_recovers() {
     if std::env::var(ROLE).is_ok() {
         return;
     }
-    for &mode in Mode::NAMES {
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args(["child", "--exact", "--nocapture", "--test-threads=1"])
-            .env(ROLE, mode)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
+    for mode in common::modes() {
+        let out = common::run_passing("child", &[(ROLE, mode.name())], mode);
         assert!(
-            out.status.success() && stdout.contains("FAULTS-OK"),
-            "{mode}: {:?}\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
+            common::stdout(&out).contains("FAULTS-OK"),
+            "{mode}: {}",
+            common::show(&out)
         );
     }
 }

@@ -11,6 +11,9 @@
 //!
 //! `PROPTEST_CASES` overrides the number of cases (default 48, about 10 s in debug).
 
+mod common;
+
+use common::modes;
 use ftmalloc::{Allocator, Config, Mode};
 use proptest::prelude::*;
 use std::alloc::Layout;
@@ -349,13 +352,6 @@ fn run(mode: Mode, config: Config, ops: &[Op]) -> ftmalloc::Stats {
         m.what
     );
     s
-}
-
-fn modes() -> Vec<Mode> {
-    ftmalloc::Mode::NAMES
-        .iter()
-        .map(|n| Mode::from_name(n).unwrap_or_else(|| panic!("Mode::NAMES lists {n:?}")))
-        .collect()
 }
 
 fn cases() -> u32 {

@@ -10,8 +10,9 @@
 //! set too, the child prints the heap's pool counts every 100 ms and its statistics at the end
 //! (for diagnosing a failure by hand).
 
+mod common;
+
 use ftmalloc::{FtMalloc, Mode};
-use std::process::Command;
 use std::sync::mpsc;
 
 #[global_allocator]
@@ -48,6 +49,7 @@ fn peak_rss_kib() -> u64 {
 
 /// The child's work: `items` items per producer; prints the peak RSS.
 fn child(items: usize) {
+    common::started(FtMalloc::stats().mode);
     if std::env::var_os("FTMALLOC_SOAK_SHOW").is_some() {
         std::thread::spawn(|| loop {
             std::thread::sleep(std::time::Duration::from_millis(100));
@@ -111,20 +113,13 @@ fn field(out: &str, name: &str) -> u64 {
 }
 
 fn run(mode: Mode, items: usize) -> String {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["same_live_set_same_memory", "--exact", "--nocapture"])
-        .env("FTMALLOC_MODE", mode.name())
-        .env(ITEMS, items.to_string())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{mode} child failed: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+    let items = items.to_string();
+    let out = common::run_passing(
+        "same_live_set_same_memory",
+        &[("FTMALLOC_MODE", mode.name()), (ITEMS, &items)],
+        mode,
     );
-    stdout
+    common::stdout(&out)
 }
 
 #[test]
