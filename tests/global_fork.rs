@@ -15,7 +15,11 @@ const ROLE: &str = "FTMALLOC_TEST_ROLE";
 /// Runs `test` in a child with `FTMALLOC_MODE=mode` and requires that it ran, in that mode, and
 /// passed.
 fn run_child(test: &str, mode: Mode) {
-    common::run_passing(test, &[(ROLE, "child"), ("FTMALLOC_MODE", mode.name())], mode);
+    common::run_passing(
+        test,
+        &[(ROLE, "child"), ("FTMALLOC_MODE", mode.name())],
+        mode,
+    );
 }
 
 /// True in a child; then reports the process-wide heap's mode for the parent to check.
@@ -152,7 +156,10 @@ fn debug_mode_through_the_environment() {
         return;
     }
     // Debug mode is on: its header and guards lower the largest pooled request below 512.
-    assert!(FtMalloc::instance().pooled_limit() < 512, "debug mode is off");
+    assert!(
+        FtMalloc::instance().pooled_limit() < 512,
+        "debug mode is off"
+    );
     // Ordinary work runs in debug mode, then a double free through Box.
     assert!(churn(3) > 0);
     // black_box: the block escapes, so the optimizer may not elide the allocation and its frees
@@ -232,7 +239,10 @@ fn child_round(round: usize) -> bool {
 #[test]
 fn caches_lost_in_a_fork_child_stay_bounded() {
     if !is_child() {
-        run_child("caches_lost_in_a_fork_child_stay_bounded", Mode::FreeThreaded);
+        run_child(
+            "caches_lost_in_a_fork_child_stay_bounded",
+            Mode::FreeThreaded,
+        );
         return;
     }
     const THREADS: usize = 8;

@@ -462,7 +462,11 @@ fn the_mode_unset_or_empty_is_free_threaded() {
         return;
     }
     // The helper checks the mode the child's process-wide heap reports.
-    run_passing("the_mode_unset_or_empty_is_free_threaded", &[], Mode::FreeThreaded);
+    run_passing(
+        "the_mode_unset_or_empty_is_free_threaded",
+        &[],
+        Mode::FreeThreaded,
+    );
     run_passing(
         "the_mode_unset_or_empty_is_free_threaded",
         &[("FTMALLOC_MODE", "")],
@@ -498,8 +502,12 @@ fn the_debug_flag_is_off_unless_1() {
         return;
     }
     for mode in common::modes() {
-        for (value, on) in [(None, false), (Some(""), false), (Some("0"), false), (Some("1"), true)]
-        {
+        for (value, on) in [
+            (None, false),
+            (Some(""), false),
+            (Some("0"), false),
+            (Some("1"), true),
+        ] {
             let mut env = vec![("FTMALLOC_MODE", mode.name())];
             env.extend(value.map(|v| ("FTMALLOC_DEBUG", v)));
             let out = run_passing("the_debug_flag_is_off_unless_1", &env, mode);

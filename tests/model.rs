@@ -13,11 +13,11 @@
 
 mod common;
 
+use common::live::{self, Live};
 use common::modes;
 use ftmalloc::{Allocator, Config, Mode};
 use proptest::prelude::*;
 use std::alloc::Layout;
-use std::collections::BTreeMap;
 
 /// One step of a sequence. `block` picks a live block (modulo their number; with none live the
 /// step is skipped).
@@ -75,259 +75,135 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// Expected byte `i` of the block with id `id`.
-fn pattern(id: u64, i: usize) -> u8 {
-    let h = id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56;
-    (h as u8).wrapping_add((i as u8).wrapping_mul(7)) ^ (i >> 8) as u8
-}
-
-/// A live block of the model.
-struct Block {
-    ptr: *mut u8,
-    layout: Layout,
-    id: u64,
-    /// `usable_size` expected of a pool block: the class of the request, or the old block's
-    /// after a `realloc` in place.
-    class_size: usize,
-}
-
+/// The model: the live blocks (`common::live`, shared with the fuzz target `heap_model`).
 struct Model<'a> {
-    a: &'a Allocator,
-    what: String,
-    live: Vec<Block>,
-    next_id: u64,
+    live: Live<'a>,
+}
+
+/// The usable size of a pool block serving a request of `size` bytes (pymalloc's classes).
+fn class_size(size: usize) -> usize {
+    size.div_ceil(16) * 16
 }
 
 impl Model<'_> {
-    /// Fills bytes `from..to` of `b` with its pattern.
-    fn fill(&self, b: &Block, from: usize, to: usize) {
-        for i in from..to {
-            // SAFETY: i < layout.size() of a live block, which is writable.
-            unsafe { *b.ptr.add(i) = pattern(b.id, i) };
-        }
-    }
-
-    /// Checks bytes `0..len` of `b` against its pattern.
-    fn check_contents(&self, b: &Block, len: usize) {
-        for i in 0..len {
-            // SAFETY: i < layout.size() of a live block, which is readable.
-            let got = unsafe { *b.ptr.add(i) };
-            assert_eq!(
-                got,
-                pattern(b.id, i),
-                "{}: byte {i} of block #{} at {:p} ({:?}) changed while live",
-                self.what,
-                b.id,
-                b.ptr,
-                b.layout
-            );
-        }
-    }
-
-    /// Is a block of `layout` expected to come from a pool?
-    fn small(&self, layout: Layout) -> bool {
-        (1..=self.a.geometry().small_limit).contains(&layout.size()) && layout.align() <= 16
-    }
-
-    fn check_fresh(&self, p: *mut u8, layout: Layout) {
-        assert!(!p.is_null(), "{}: {layout:?} returned null", self.what);
-        assert_eq!(
-            p as usize % layout.align(),
-            0,
-            "{}: {p:p} misaligned for {layout:?}",
-            self.what
-        );
-        assert_eq!(
-            self.a.owns(p),
-            self.small(layout),
-            "{}: {p:p} for {layout:?} routed to the wrong allocator",
-            self.what
-        );
-    }
-
     fn alloc(&mut self, size: usize, align: usize, zeroed: bool) {
+        let a = self.live.heap;
         let layout = Layout::from_size_align(size, align).unwrap();
         // SAFETY: a valid layout (zero size is allowed by Allocator::alloc); freed later.
         let p = unsafe {
             if zeroed {
-                self.a.alloc_zeroed(layout)
+                a.alloc_zeroed(layout)
             } else {
-                self.a.alloc(layout)
+                a.alloc(layout)
             }
         };
-        self.check_fresh(p, layout);
+        let id = self.live.new_id();
+        let b = self.live.add(p, layout, id, None);
+        if b.small {
+            assert_eq!(
+                b.extent,
+                class_size(size),
+                "{}: usable_size of {layout:?}",
+                self.live.what
+            );
+        }
         if zeroed {
             // SAFETY: p is a fresh block of `size` readable bytes.
             let bytes = unsafe { std::slice::from_raw_parts(p, size) };
             assert!(
                 bytes.iter().all(|&x| x == 0),
                 "{}: alloc_zeroed({layout:?}) at {p:p} is not zeroed",
-                self.what
+                self.live.what
             );
         }
-        let b = Block {
-            ptr: p,
-            layout,
-            id: self.next_id,
-            class_size: size.div_ceil(16) * 16,
-        };
-        self.next_id += 1;
-        self.fill(&b, 0, size);
-        self.live.push(b);
+        // SAFETY: p is a live block of `size` writable bytes.
+        unsafe { live::fill(b.ptr, 0, size, id) };
     }
 
     fn free(&mut self, i: usize, with_layout: bool) {
-        let b = self.live.swap_remove(i);
-        self.check_contents(&b, b.layout.size());
+        let a = self.live.heap;
+        let b = self.live.take(i).expect("a live block");
+        // SAFETY: b is live, of b.layout.size() readable bytes.
+        unsafe { live::check(b.ptr, b.layout.size(), b.id, &self.live.what) };
+        let p = b.ptr as *mut u8;
         // SAFETY: b is live and came from this heap with this layout.
         unsafe {
             if with_layout {
-                self.a.dealloc(b.ptr, b.layout);
+                a.dealloc(p, b.layout);
             } else {
-                self.a.free(b.ptr);
+                a.free(p);
             }
         }
     }
 
     fn realloc(&mut self, i: usize, new_size: usize) {
-        let old = &self.live[i];
-        let (p, layout, id) = (old.ptr, old.layout, old.id);
-        self.check_contents(old, layout.size());
-        let (was_ours, class_size) = (self.a.owns(p), old.class_size);
+        let a = self.live.heap;
+        let old = self.live.take(i).expect("a live block");
+        let (p, layout) = (old.ptr as *mut u8, old.layout);
+        // SAFETY: old is live, of layout.size() readable bytes.
+        unsafe { live::check(old.ptr, layout.size(), old.id, &self.live.what) };
         // SAFETY: p is a live block of this heap.
-        let old_usable = unsafe { self.a.usable_size(p) };
+        let old_usable = unsafe { a.usable_size(p) };
         // SAFETY: p is live with `layout` and is not used again (the model keeps q); new_size
         // is non-zero and, rounded up to the alignment, far from overflowing.
-        let q = unsafe { self.a.realloc(p, layout, new_size) };
+        let q = unsafe { a.realloc(p, layout, new_size) };
         let new_layout = Layout::from_size_align(new_size, layout.align()).unwrap();
-        assert!(!q.is_null(), "{}: realloc to {new_size} failed", self.what);
-        assert_eq!(
-            q as usize % layout.align(),
-            0,
-            "{}: realloc misaligned",
-            self.what
-        );
-        if was_ours {
+        let what = &self.live.what;
+        assert!(!q.is_null(), "{what}: realloc to {new_size} failed");
+        let b = if old.small {
             // pymalloc keeps a block in place while the new size fits and is above 3/4 of it;
             // otherwise the new block is routed as a fresh request would be.
             let in_place = new_size <= old_usable && 4 * new_size > 3 * old_usable;
             if in_place {
-                assert_eq!(
-                    q, p,
-                    "{}: realloc {old_usable} -> {new_size} moved",
-                    self.what
-                );
+                assert_eq!(q, p, "{what}: realloc {old_usable} -> {new_size} moved");
+                // It keeps its class (and extent).
+                let b = live::Block {
+                    layout: new_layout,
+                    ..old
+                };
+                self.live.push(b);
+                b
             } else {
-                assert_eq!(self.a.owns(q), self.small(new_layout), "{}", self.what);
+                let b = self.live.add(q, new_layout, old.id, None);
+                if b.small {
+                    assert_eq!(b.extent, class_size(new_size), "{}", self.live.what);
+                }
+                b
             }
         } else {
-            assert!(!self.a.owns(q), "{}: a foreign block came home", self.what);
-        }
-        let b = Block {
-            ptr: q,
-            layout: new_layout,
-            id,
-            class_size: if q == p && was_ours {
-                class_size
-            } else {
-                new_size.div_ceil(16) * 16
-            },
+            // A foreign block stays with the allocator underneath.
+            self.live.add(q, new_layout, old.id, Some(false))
         };
         let kept = layout.size().min(new_size);
-        self.check_contents(&b, kept);
-        self.fill(&b, kept, new_size);
-        self.live[i] = b;
+        // SAFETY: b is live, of new_size bytes; its first `kept` bytes were copied.
+        unsafe {
+            live::check(b.ptr, kept, b.id, &self.live.what);
+            live::fill(b.ptr, kept, new_size, b.id);
+        }
     }
 
     /// Everything that must hold between steps.
     fn check(&self) {
-        let mut ranges: BTreeMap<usize, (usize, u64)> = BTreeMap::new();
-        let mut ours = 0;
-        for b in &self.live {
-            let start = b.ptr as usize;
-            // SAFETY: b is live and came from this heap (or the C library through it).
-            let usable = unsafe { self.a.usable_size(b.ptr) };
-            assert!(
-                usable >= b.layout.size(),
-                "{}: usable_size {usable} < requested {:?}",
-                self.what,
-                b.layout
-            );
-            assert_eq!(start % b.layout.align(), 0, "{}", self.what);
-            if self.a.owns(b.ptr) {
-                ours += 1;
-                assert!(
-                    self.small(b.layout),
-                    "{}: {:?} in a pool",
-                    self.what,
-                    b.layout
-                );
-                assert_eq!(start % 16, 0, "{}: pool block not 16-aligned", self.what);
-                assert_eq!(
-                    usable, b.class_size,
-                    "{}: usable_size of {:?}",
-                    self.what, b.layout
-                );
-            }
-            let end = start + usable.max(1);
-            if let Some((&s, &(e, id))) = ranges.range(..end).next_back() {
-                assert!(
-                    e <= start || s >= end,
-                    "{}: block #{} [{start:#x}, {end:#x}) overlaps block #{id} [{s:#x}, {e:#x})",
-                    self.what,
-                    b.id
-                );
-            }
-            if let Some((&s, &(_, id))) = ranges.range(start..).next() {
-                assert!(s >= end, "{}: block #{} overlaps #{id}", self.what, b.id);
-            }
-            ranges.insert(start, (end, b.id));
-        }
-        let s = self.a.stats();
-        assert_eq!(
-            s.total(),
-            s.mapped_bytes(),
-            "{}: stats do not balance:\n{s}",
-            self.what
-        );
-        assert_eq!(
-            s.blocks_in_use(),
-            ours,
-            "{}: stats count {} blocks in use, the model {ours}:\n{s}",
-            self.what,
-            s.blocks_in_use()
-        );
-        let c = s.counters;
-        assert_eq!(
-            c.allocated_total - c.reclaimed,
-            c.current,
-            "{}: {c:?}",
-            self.what
-        );
-        assert!(c.current <= c.highwater, "{}: {c:?}", self.what);
+        self.live.check_blocks();
+        self.live.check_stats("step");
+        let c = self.live.heap.stats().counters;
+        let what = &self.live.what;
+        assert_eq!(c.allocated_total - c.reclaimed, c.current, "{what}: {c:?}");
+        assert!(c.current <= c.highwater, "{what}: {c:?}");
     }
 }
 
 fn run(mode: Mode, config: Config, ops: &[Op]) -> ftmalloc::Stats {
     let a = Allocator::with_config(mode, config).unwrap();
     let mut m = Model {
-        a: &a,
-        what: format!("{mode} mode, {config:?}"),
-        live: Vec::new(),
-        next_id: 1,
+        live: Live::new(&a, format!("{mode} mode, {config:?}")),
     };
     for op in ops {
         match op {
             Op::Alloc { size, align } => m.alloc(*size, *align, false),
             Op::AllocZeroed { size, align } => m.alloc(*size, *align, true),
-            Op::Free { block, with_layout } if !m.live.is_empty() => {
-                let i = block % m.live.len();
-                m.free(i, *with_layout)
-            }
-            Op::Realloc { block, new_size } if !m.live.is_empty() => {
-                let i = block % m.live.len();
-                m.realloc(i, *new_size)
-            }
+            Op::Free { block, with_layout } if !m.live.is_empty() => m.free(*block, *with_layout),
+            Op::Realloc { block, new_size } if !m.live.is_empty() => m.realloc(*block, *new_size),
             Op::Free { .. } | Op::Realloc { .. } => {}
         }
         m.check();
@@ -337,19 +213,24 @@ fn run(mode: Mode, config: Config, ops: &[Op]) -> ftmalloc::Stats {
     }
     m.check();
     let s = a.stats();
-    assert_eq!(s.blocks_in_use(), 0, "{}: blocks left in use:\n{s}", m.what);
+    assert_eq!(
+        s.blocks_in_use(),
+        0,
+        "{}: blocks left in use:\n{s}",
+        m.live.what
+    );
     // Every arena whose pools are all free is released, except one (pymalloc's rule). Thread
     // caches keep the current pool of each class they served (none in GIL mode), so each
     // arena mapped beyond one must hold such a pool.
     assert!(
         s.cached_pools <= s.num_classes * s.thread_caches,
         "{}: caches hold more than a pool per class:\n{s}",
-        m.what
+        m.live.what
     );
     assert!(
         s.counters.current as usize <= 1 + s.cached_pools + s.abandoned_pools,
         "{}: empty arenas kept:\n{s}",
-        m.what
+        m.live.what
     );
     s
 }

@@ -5,6 +5,8 @@
 //! Not every test uses every helper.
 #![allow(dead_code)]
 
+pub mod live;
+
 use ftmalloc::{Allocator, Mode};
 use std::alloc::Layout;
 use std::os::unix::process::ExitStatusExt;
