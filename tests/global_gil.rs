@@ -574,7 +574,7 @@ fn decay_child() {
             "the freed pools were not purged after 2 x 150 ms:\n{freed}\n{after}"
         ),
         "kept" => assert!(
-            after.pools_purged == freed.pools_purged && after.dirty_pools >= freed.dirty_pools,
+            after.pools_purged == freed.pools_purged && after.dirty_pools >= 100,
             "pools were purged before the decay interval:\n{freed}\n{after}"
         ),
         other => panic!("{DECAY_EXPECT}={other}"),
