@@ -88,6 +88,8 @@ def _run(args):
         # with -m); runpy's own entry for -m sets argv[0] to the module's file, and reports a
         # missing module as python does ("python: No module named x", status 1).
         sys.argv = [module, *rest]
+        global _RUNPY_SHOWN
+        _RUNPY_SHOWN = True
         _fresh_main()
         runpy._run_module_as_main(module, alter_argv=True)
     elif args[0] == "-c":
@@ -140,9 +142,17 @@ def main(argv):
     _usage(f"unknown command {command!r}; accepted commands: run, stats")
 
 
+#: Whether python's traceback would show runpy's frames: it does for -m (python runs the
+#: module through runpy itself), not for a script or -c.
+_RUNPY_SHOWN = False
+
+
 def _runner_frame(frame):
-    """Whether a traceback frame is this runner's or runpy's (python shows neither)."""
-    return frame.f_globals is globals() or frame.f_globals is runpy.__dict__
+    """Whether a traceback frame is one python would not show: this runner's, or runpy's
+    where python does not run through runpy."""
+    return frame.f_globals is globals() or (
+        frame.f_globals is runpy.__dict__ and not _RUNPY_SHOWN
+    )
 
 
 def _exit_as_python(exc):
