@@ -17,6 +17,18 @@
 //! The raw domain is left alone (it is called without the GIL, and CPython's own start-up
 //! memory lives there).
 //!
+//! # Under CPython's debug hooks
+//! With `PYTHONMALLOC=debug` (or `-X dev`, or a debug build) the domains' allocators are the
+//! debug hooks, which wrap the real ones. `install` does not wrap the hooks (requests it served
+//! would skip their checks): it wraps the allocators underneath them and puts the hooks back on
+//! top with `PyMem_SetupDebugHooks()` (see `Hooks`), or refuses, naming the setting, where
+//! another allocator wraps the hooks.
+//!
+//! # The environment
+//! `install` reads `FTMALLOC_DEBUG`, `FTMALLOC_STATS` (statistics on stderr at exit) and
+//! `FTMALLOC_DECAY_MS` for the package's heap, and refuses an `FTMALLOC_MODE` that names
+//! another mode than the one asked; a bad value is refused naming it and the accepted ones.
+//!
 //! # No uninstall
 //! Once installed, blocks of the heap live in every corner of the interpreter. Putting the
 //! previous allocators back would send those blocks to an allocator that does not own them, so

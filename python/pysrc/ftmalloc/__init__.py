@@ -19,7 +19,7 @@ to its blocks. Once installed, ``sys._debugmallocstats()`` prints the heap's tab
 pymalloc's would be.
 
 Start-up without editing a program: ``python -m ftmalloc run [--mode M] script.py args...``
-or ``... run [--mode M] -m module args...``, or ``FTMALLOC_PYTHON=gil|ft`` in the environment
+``... run [--mode M] -m module args...`` or ``... run [--mode M] -c code args...``, or ``FTMALLOC_PYTHON=gil|ft`` in the environment
 (read at start-up by the ``ftmalloc-startup.pth`` hook, so child interpreters get it too).
 """
 
