@@ -17,6 +17,18 @@
 //! The raw domain is left alone (it is called without the GIL, and CPython's own start-up
 //! memory lives there).
 //!
+//! # Under CPython's debug hooks
+//! With `PYTHONMALLOC=debug` (or `-X dev`, or a debug build) the domains' allocators are the
+//! debug hooks, which wrap the real ones. `install` does not wrap the hooks (requests it served
+//! would skip their checks): it wraps the allocators underneath them and puts the hooks back on
+//! top with `PyMem_SetupDebugHooks()` (see `Hooks`), or refuses, naming the setting, where
+//! another allocator wraps the hooks.
+//!
+//! # The environment
+//! `install` reads `FTMALLOC_DEBUG`, `FTMALLOC_STATS` (statistics on stderr at exit) and
+//! `FTMALLOC_DECAY_MS` for the package's heap, and refuses an `FTMALLOC_MODE` that names
+//! another mode than the one asked; a bad value is refused naming it and the accepted ones.
+//!
 //! # No uninstall
 //! Once installed, blocks of the heap live in every corner of the interpreter. Putting the
 //! previous allocators back would send those blocks to an allocator that does not own them, so
@@ -169,6 +181,8 @@ struct Installed {
     heap: &'static dyn Backing,
     mode: &'static str,
     debug: bool,
+    /// Whether the heap serves underneath CPython's debug hooks.
+    under_debug_hooks: bool,
 }
 
 static INSTALLED: OnceLock<Installed> = OnceLock::new();
@@ -316,24 +330,89 @@ fn wrap<H: Backing>(
     })
 }
 
-/// `FTMALLOC_DEBUG`: `1` on; `0`, empty or unset off; anything else refused.
-fn debug_from_env() -> PyResult<bool> {
-    match std::env::var_os("FTMALLOC_DEBUG") {
-        None => Ok(false),
-        Some(v) => match v.to_str() {
-            Some("1") => Ok(true),
-            Some("0") | Some("") => Ok(false),
-            _ => Err(PyValueError::new_err(format!(
-                "FTMALLOC_DEBUG={v:?} is not accepted; accepted values: 1 (on), 0 or empty (off)"
-            ))),
+/// A variable of the environment: `None` when unset or empty; an error naming the value and
+/// `accepted` when it is not valid Unicode.
+fn env_value(name: &str, accepted: &str) -> PyResult<Option<String>> {
+    match std::env::var_os(name) {
+        None => Ok(None),
+        Some(v) if v.is_empty() => Ok(None),
+        Some(v) => match v.into_string() {
+            Ok(s) => Ok(Some(s)),
+            Err(v) => Err(not_accepted(name, &v.to_string_lossy(), accepted)),
         },
     }
+}
+
+/// The error for `name=value`, naming what is accepted.
+fn not_accepted(name: &str, value: &str, accepted: &str) -> PyErr {
+    PyValueError::new_err(format!(
+        "{name}={value:?} is not accepted; accepted values: {accepted}"
+    ))
+}
+
+/// A flag (`FTMALLOC_DEBUG`, `FTMALLOC_STATS`): `1` on; `0`, empty or unset off; anything
+/// else refused.
+fn env_flag(name: &str) -> PyResult<bool> {
+    const ACCEPTED: &str = "1 (on), 0 or empty (off)";
+    match env_value(name, ACCEPTED)?.as_deref() {
+        None | Some("0") => Ok(false),
+        Some("1") => Ok(true),
+        Some(v) => Err(not_accepted(name, v, ACCEPTED)),
+    }
+}
+
+/// `FTMALLOC_DECAY_MS`: decimal digits, 0 to `Config::MAX_DECAY_MS`; unset or empty means
+/// `Config::DEFAULT_DECAY_MS` (the process heap's rule).
+fn env_decay_ms() -> PyResult<u64> {
+    const NAME: &str = "FTMALLOC_DECAY_MS";
+    const ACCEPTED: &str = "an integer from 0 to 3600000 (milliseconds), or empty (100)";
+    let Some(v) = env_value(NAME, ACCEPTED)? else {
+        return Ok(Config::DEFAULT_DECAY_MS);
+    };
+    match v.parse::<u64>() {
+        Ok(n)
+            if v.len() <= 18
+                && v.bytes().all(|b| b.is_ascii_digit())
+                && n <= Config::MAX_DECAY_MS =>
+        {
+            Ok(n)
+        }
+        _ => Err(not_accepted(NAME, &v, ACCEPTED)),
+    }
+}
+
+/// `FTMALLOC_MODE` against the mode `install` was asked for: unset or empty says nothing; a
+/// mode that differs is a contradiction, refused naming both; anything else is refused.
+fn env_mode_agrees(asked: &str) -> PyResult<()> {
+    const NAME: &str = "FTMALLOC_MODE";
+    let accepted = Mode::NAMES.join(", ");
+    match env_value(NAME, &accepted)? {
+        None => Ok(()),
+        Some(v) if v == asked => Ok(()),
+        Some(v) if Mode::NAMES.contains(&v.as_str()) => Err(PyValueError::new_err(format!(
+            "{NAME}={v:?} contradicts the mode asked of install, {asked:?} (FTMALLOC_PYTHON \
+             or --mode); unset {NAME} or make the two agree"
+        ))),
+        Some(v) => Err(not_accepted(NAME, &v, &accepted)),
+    }
+}
+
+/// What the environment asks of the package's heap (read by `install`).
+struct Settings {
+    /// `FTMALLOC_DEBUG`.
+    debug: bool,
+    /// `FTMALLOC_STATS`: print the heap's statistics to stderr at exit.
+    stats_at_exit: bool,
+    /// `FTMALLOC_DECAY_MS`.
+    decay_ms: u64,
 }
 
 /// Makes ftmalloc the allocator of the MEM and OBJ domains of this process, in `mode`
 /// (`"gil"` or `"ft"`). Once per process; refused while tracemalloc traces (its hooks would be
 /// wrapped, and stopping it would put back allocators that do not own our blocks). Reads
-/// `FTMALLOC_DEBUG`. Nothing is changed when it raises.
+/// `FTMALLOC_DEBUG`, `FTMALLOC_STATS`, `FTMALLOC_DECAY_MS` and `FTMALLOC_MODE` (which must
+/// agree with `mode` when set). Under CPython's debug hooks the heap serves underneath them
+/// (see [`Hooks`]). Nothing is changed when it raises.
 #[pyfunction]
 fn install(py: Python<'_>, mode: &str) -> PyResult<()> {
     let (mode, mode_name) = match mode {
@@ -354,12 +433,8 @@ fn install(py: Python<'_>, mode: &str) -> PyResult<()> {
     }
     // `sys.abiflags` has a `t` on a free-threaded build (Py_GIL_DISABLED); read from `sys`,
     // which is always loaded, so GIL mode's start-up imports nothing that ft mode's does not.
-    if mode == Mode::Gil
-        && PyModule::import(py, "sys")?
-            .getattr("abiflags")?
-            .extract::<String>()?
-            .contains('t')
-    {
+    let sys = PyModule::import(py, "sys")?;
+    if mode == Mode::Gil && sys.getattr("abiflags")?.extract::<String>()?.contains('t') {
         // A free-threaded build calls these domains without a GIL: nothing would serialise a
         // GIL-mode heap.
         return Err(PyRuntimeError::new_err(
@@ -367,7 +442,12 @@ fn install(py: Python<'_>, mode: &str) -> PyResult<()> {
              Py_GIL_DISABLED); accepted here: \"ft\"",
         ));
     }
-    let debug = debug_from_env()?;
+    env_mode_agrees(mode_name)?;
+    let settings = Settings {
+        debug: env_flag("FTMALLOC_DEBUG")?,
+        stats_at_exit: env_flag("FTMALLOC_STATS")?,
+        decay_ms: env_decay_ms()?,
+    };
     // `_tracemalloc` (built in) rather than `tracemalloc`, which imports some thirty modules
     // (pickle's C accelerator among them) into every interpreter the start-up hook serves.
     let tracing = PyModule::import(py, "_tracemalloc")?
@@ -380,33 +460,138 @@ fn install(py: Python<'_>, mode: &str) -> PyResult<()> {
              first, then start tracemalloc",
         ));
     }
-    let config = Config::PYMALLOC.with_debug(debug);
+    let hooks = Hooks::find(&sys)?;
+    let config = Config::PYMALLOC
+        .with_debug(settings.debug)
+        .with_decay_ms(settings.decay_ms);
     let refused = |e: ftmalloc::ConfigError| PyRuntimeError::new_err(e.to_string());
     match mode {
         // SAFETY: the heap serves only the MEM and OBJ domains, which CPython calls with the
         // GIL held (the C-API's rule since 3.6; CPython 3.11 and later, GIL builds, checked
-        // above); `stats` reads it with the GIL held; it is never dropped. The GIL serialises
-        // every call.
+        // above; the debug hooks check it); `stats` reads it with the GIL held, and the exit
+        // report after the interpreter is finalised, when no thread holds the GIL any more;
+        // it is never dropped. The GIL serialises every call.
         Mode::Gil => install_heap(
             unsafe { SerializedAllocator::new(config) }.map_err(refused)?,
             mode_name,
-            debug,
+            &settings,
+            hooks,
         ),
         Mode::FreeThreaded => install_heap(
             Allocator::with_config(Mode::FreeThreaded, config).map_err(refused)?,
             mode_name,
-            debug,
+            &settings,
+            hooks,
         ),
     }
 }
 
-/// `install`'s second half: wraps both domains' allocators around `heap` (leaked), or changes
-/// nothing and says why.
-fn install_heap<H: Backing>(heap: H, mode_name: &'static str, debug: bool) -> PyResult<()> {
-    let (mem, obj) = (
-        current(PyMemAllocatorDomain::PYMEM_DOMAIN_MEM),
-        current(PyMemAllocatorDomain::PYMEM_DOMAIN_OBJ),
-    );
+/// CPython's debug hooks' context for one domain (`debug_alloc_api_t` in `Objects/obmalloc.c`,
+/// the same from 3.6 to 3.13): the domain's API id (`'r'`, `'m'`, `'o'`) and the allocator the
+/// hooks wrap. The three contexts are consecutive in one static struct (`_PyMem_Debug`).
+#[repr(C)]
+struct DebugApi {
+    api_id: std::ffi::c_char,
+    alloc: PyMemAllocatorEx,
+}
+
+/// Where CPython's debug hooks (`PYTHONMALLOC=debug`, `-X dev`, a debug build) stand when
+/// `install` runs.
+///
+/// The hooks are one wrapper per domain, whose context ([`DebugApi`]) holds the allocator
+/// underneath. `PyMem_SetupDebugHooks()` wraps a domain again unless the domain's allocator is
+/// already the hooks, and stores the domain's current allocator in that context. So ftmalloc
+/// serves underneath the hooks: it wraps the allocator the hooks wrapped (read from their
+/// context), becomes the MEM and OBJ domains' allocator, and `PyMem_SetupDebugHooks()` puts the
+/// hooks back on top of it (the raw domain, still hooked, is left alone). Every request then
+/// passes the hooks' checks (guard bytes, API ids, the GIL) before it reaches ftmalloc, and a
+/// block made before `install` keeps its header: the hooks strip it, ftmalloc does not own what
+/// is left, and the allocator underneath frees it.
+enum Hooks {
+    /// No debug hooks: ftmalloc wraps the domains' allocators as they are.
+    Off,
+    /// The hooks are the MEM, OBJ and raw domains' allocators: ftmalloc goes underneath.
+    On {
+        /// The MEM and OBJ domains' hook contexts.
+        mem: *mut DebugApi,
+        obj: *mut DebugApi,
+    },
+}
+
+impl Hooks {
+    /// Finds the debug hooks on the domains. Refuses (naming the setting) when the
+    /// interpreter runs with the hooks but they are not the domains' allocators as CPython set
+    /// them (another allocator wraps them): ftmalloc would then bypass their checks.
+    fn find(sys: &Bound<'_, PyModule>) -> PyResult<Hooks> {
+        let (raw, mem, obj) = (
+            current(PyMemAllocatorDomain::PYMEM_DOMAIN_RAW),
+            current(PyMemAllocatorDomain::PYMEM_DOMAIN_MEM),
+            current(PyMemAllocatorDomain::PYMEM_DOMAIN_OBJ),
+        );
+        let size = std::mem::size_of::<DebugApi>();
+        // The hooks' shape: one `malloc` for MEM and OBJ, and the three contexts consecutive
+        // in `_PyMem_Debug` (raw, mem, obj). No other allocator CPython sets has a context.
+        let shaped = !mem.ctx.is_null()
+            && mem.malloc.map(|f| f as usize) == obj.malloc.map(|f| f as usize)
+            && raw.ctx as usize == (mem.ctx as usize).wrapping_sub(size)
+            && obj.ctx as usize == (mem.ctx as usize).wrapping_add(size);
+        if shaped {
+            let (r, m, o) = (
+                raw.ctx.cast::<DebugApi>(),
+                mem.ctx.cast::<DebugApi>(),
+                obj.ctx.cast::<DebugApi>(),
+            );
+            // SAFETY: three consecutive contexts of the right size, of which the MEM and OBJ
+            // domains share their functions, are `_PyMem_Debug`'s (a static of libpython);
+            // reading them with the GIL held races with no writer (only
+            // `PyMem_SetupDebugHooks` writes them, with the GIL held).
+            let ids = unsafe { ((*r).api_id as u8, (*m).api_id as u8, (*o).api_id as u8) };
+            if ids == (b'r', b'm', b'o') {
+                return Ok(Hooks::On { mem: m, obj: o });
+            }
+        }
+        // Not the hooks on top: does the interpreter run with them (somewhere below)?
+        let flags = sys.getattr("flags")?;
+        let dev_mode = flags.getattr("dev_mode")?.is_truthy()?;
+        let ignore_env = flags.getattr("ignore_environment")?.is_truthy()?;
+        let pythonmalloc = std::env::var("PYTHONMALLOC").unwrap_or_default();
+        let setting = if sys.hasattr("gettotalrefcount")? {
+            Some("a debug build of CPython (Py_DEBUG)".to_string())
+        } else if !ignore_env && pythonmalloc.ends_with("debug") {
+            Some(format!("PYTHONMALLOC={pythonmalloc}"))
+        } else if dev_mode && (ignore_env || pythonmalloc.is_empty()) {
+            Some("-X dev (or PYTHONDEVMODE=1)".to_string())
+        } else {
+            None
+        };
+        match setting {
+            None => Ok(Hooks::Off),
+            Some(setting) => Err(PyRuntimeError::new_err(format!(
+                "ftmalloc cannot install under {setting}: CPython's debug hooks are on, but \
+                 another allocator wraps them, so ftmalloc cannot serve underneath them and \
+                 would bypass their checks; run without {setting}, or install ftmalloc before \
+                 that allocator"
+            ))),
+        }
+    }
+}
+
+/// `install`'s second half: wraps both domains' allocators (or, under the debug hooks, the
+/// allocators underneath them) around `heap` (leaked), or changes nothing and says why.
+fn install_heap<H: Backing>(
+    heap: H,
+    mode_name: &'static str,
+    settings: &Settings,
+    hooks: Hooks,
+) -> PyResult<()> {
+    let (mem, obj) = match hooks {
+        Hooks::Off => (
+            current(PyMemAllocatorDomain::PYMEM_DOMAIN_MEM),
+            current(PyMemAllocatorDomain::PYMEM_DOMAIN_OBJ),
+        ),
+        // SAFETY: `Hooks::find` found the contexts (see there); the GIL is held.
+        Hooks::On { mem, obj } => unsafe { (copy_alloc(&(*mem).alloc), copy_alloc(&(*obj).alloc)) },
+    };
     // Everything that can fail is checked before anything is leaked or set.
     let heap: &'static H = Box::leak(Box::new(heap));
     let (wmem, wobj) = match (wrap("MEM", &mem, heap), wrap("OBJ", &obj, heap)) {
@@ -419,17 +604,23 @@ fn install_heap<H: Backing>(heap: H, mode_name: &'static str, debug: bool) -> Py
             )));
         }
     };
+    let hooked = matches!(hooks, Hooks::On { .. });
     if INSTALLED
         .set(Installed {
             heap,
             mode: mode_name,
-            debug,
+            debug: settings.debug,
+            under_debug_hooks: hooked,
         })
         .is_err()
     {
         // Unreachable with the GIL held (checked by `install`), kept for the invariant.
         return Err(PyRuntimeError::new_err("ftmalloc is already installed"));
     }
+    let top = (
+        current(PyMemAllocatorDomain::PYMEM_DOMAIN_MEM),
+        current(PyMemAllocatorDomain::PYMEM_DOMAIN_OBJ),
+    );
     for (domain, w) in [
         (PyMemAllocatorDomain::PYMEM_DOMAIN_MEM, wmem),
         (PyMemAllocatorDomain::PYMEM_DOMAIN_OBJ, wobj),
@@ -442,11 +633,79 @@ fn install_heap<H: Backing>(heap: H, mode_name: &'static str, debug: bool) -> Py
             free: Some(ft_free::<H>),
         };
         // SAFETY: a complete allocator whose context is leaked (lives for ever); the GIL is
-        // held, so no call of this domain runs while it is replaced. Blocks the previous
+        // held, so no call of this domain runs while it is replaced (nor until the hooks are
+        // back on top, below: nothing here calls into the interpreter). Blocks the previous
         // allocator handed out reach it through the context.
         unsafe { PyMem_SetAllocator(domain, &mut a) };
     }
+    if let Hooks::On { mem, obj } = hooks {
+        // SAFETY: the GIL is held; the raw domain is still the hooks, so this wraps the MEM
+        // and OBJ domains (now ftmalloc) only, storing ftmalloc in their hook contexts.
+        unsafe { pyo3::ffi::PyMem_SetupDebugHooks() };
+        let now = (
+            current(PyMemAllocatorDomain::PYMEM_DOMAIN_MEM),
+            current(PyMemAllocatorDomain::PYMEM_DOMAIN_OBJ),
+        );
+        // SAFETY: as in `Hooks::find`.
+        let under = unsafe { ((*mem).alloc.malloc, (*obj).alloc.malloc) };
+        let ours = Some(ft_malloc::<H> as MallocFn as usize);
+        let (m, o) = (under.0.map(|f| f as usize), under.1.map(|f| f as usize));
+        if !(same(&now.0, &top.0) && same(&now.1, &top.1) && m == ours && o == ours) {
+            // The domains are neither as they were nor as intended; blocks of both kinds are
+            // live, so no state is safe to go back to.
+            eprintln!(
+                "ftmalloc: PyMem_SetupDebugHooks() did not put CPython's debug hooks back on top \
+                 of ftmalloc (this CPython's obmalloc.c differs from the one ftmalloc knows)"
+            );
+            std::process::abort();
+        }
+    }
+    if settings.stats_at_exit {
+        // SAFETY: a valid extern "C" fn with no arguments.
+        if unsafe { atexit(print_stats_at_exit) } != 0 {
+            eprintln!("ftmalloc: FTMALLOC_STATS=1: atexit() refused the exit report");
+        }
+    }
     Ok(())
+}
+
+extern "C" {
+    /// The C library's `atexit`.
+    fn atexit(f: extern "C" fn()) -> std::ffi::c_int;
+}
+
+/// `FTMALLOC_STATS=1`: the heap's statistics on stderr when the process exits (after the
+/// interpreter is finalised, so no thread holds the GIL or calls the heap).
+extern "C" fn print_stats_at_exit() {
+    use std::io::Write;
+    if let Some(s) = snapshot() {
+        let text = format!(
+            "ftmalloc: the Python package's heap, pid {}, at exit:\n{s}",
+            std::process::id()
+        );
+        // Nothing to do if stderr is closed.
+        let _ = std::io::stderr().write_all(text.as_bytes());
+    }
+}
+
+/// A copy of an allocator (the type is not `Clone`).
+fn copy_alloc(a: &PyMemAllocatorEx) -> PyMemAllocatorEx {
+    PyMemAllocatorEx {
+        ctx: a.ctx,
+        malloc: a.malloc,
+        calloc: a.calloc,
+        realloc: a.realloc,
+        free: a.free,
+    }
+}
+
+/// Whether two allocators are the same (context and functions).
+fn same(a: &PyMemAllocatorEx, b: &PyMemAllocatorEx) -> bool {
+    a.ctx == b.ctx
+        && a.malloc.map(|f| f as usize) == b.malloc.map(|f| f as usize)
+        && a.calloc.map(|f| f as usize) == b.calloc.map(|f| f as usize)
+        && a.realloc.map(|f| f as usize) == b.realloc.map(|f| f as usize)
+        && a.free.map(|f| f as usize) == b.free.map(|f| f as usize)
 }
 
 /// The installed mode (`"gil"` or `"ft"`), or `None` before `install`.
@@ -460,6 +719,13 @@ fn mode() -> Option<&'static str> {
 #[pyfunction]
 fn debug() -> Option<bool> {
     INSTALLED.get().map(|i| i.debug)
+}
+
+/// Whether the installed heap serves underneath CPython's debug hooks (`PYTHONMALLOC=debug`,
+/// `-X dev`, a debug build), so their checks apply to its blocks; `None` before `install`.
+#[pyfunction]
+fn under_debug_hooks() -> Option<bool> {
+    INSTALLED.get().map(|i| i.under_debug_hooks)
 }
 
 /// Whether `address` lies inside the installed heap's arenas (its arena map answers; safe for
@@ -545,6 +811,7 @@ fn _ftmalloc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(mode, m)?)?;
     m.add_function(wrap_pyfunction!(debug, m)?)?;
     m.add_function(wrap_pyfunction!(owns, m)?)?;
+    m.add_function(wrap_pyfunction!(under_debug_hooks, m)?)?;
     m.add_function(wrap_pyfunction!(stats, m)?)?;
     m.add_function(wrap_pyfunction!(stats_text, m)?)?;
     Ok(())

@@ -13,7 +13,8 @@ MODES = ["gil", "ft"]
 # The allocator install wraps: pymalloc (the default), or pymalloc behind CPython's debug hooks,
 # which abort on a pointer they did not hand out (so a block of ours, or glibc's, sent to the
 # wrapped allocator is caught), or plain malloc.
-WRAPPED = ["pymalloc", "debug", "malloc"]
+# Under the debug hooks (debug, malloc_debug) ftmalloc serves underneath them.
+WRAPPED = ["pymalloc", "debug", "malloc", "malloc_debug"]
 
 
 def run(code, env=None, args=(), cwd=None, timeout=120):
@@ -96,6 +97,8 @@ def test_realloc_across_the_boundary_through_the_c_api(mode, wrapped):
         ctypes.memset(old, 0x11, 100)
         ftmalloc.install({mode!r})
         owns = ftmalloc.owns
+        # Under the debug hooks, 0 bytes is their header's 24: a pooled request.
+        hooks = ftmalloc.under_debug_hooks()
         for d in ("PyMem", "PyObject"):
             malloc, calloc = getattr(api, d + "_Malloc"), getattr(api, d + "_Calloc")
             realloc, free = getattr(api, d + "_Realloc"), getattr(api, d + "_Free")
@@ -110,9 +113,9 @@ def test_realloc_across_the_boundary_through_the_c_api(mode, wrapped):
             assert not owns(q) and ctypes.string_at(q, 64) == b"\\x5a" * 64
             free(q)
             z = realloc(malloc(32), 0)           # ours -> 0 bytes: the wrapped allocator's
-            assert z and not owns(z)
+            assert z and owns(z) == hooks
             free(z)
-            assert not owns(malloc(0) or 1)
+            assert owns(malloc(0) or 1) == hooks
             big = malloc(513)
             assert big and not owns(big)
             free(big)
@@ -170,12 +173,14 @@ def test_threads_allocate_and_hand_objects_over(mode):
     out = ok(run(f"""
         import ftmalloc, queue, threading
         ftmalloc.install({mode!r})
+        owns = ftmalloc.owns
         q = queue.Queue(maxsize=200)
         N, THREADS = 4000, 4
         errors = []
         def producer(t):
             for i in range(N):
-                q.put((t, i, [t] * (i % 40), {{"k": str(i) * (i % 9)}}, "s" * (i % 700)))
+                q.put((t, i, [t] * (i % 40), {{"k": str(i) * (i % 9)}}, "s" * (i % 700),
+                       10**30 + i))
             q.put(None)
         def consumer():
             done = 0
@@ -184,9 +189,21 @@ def test_threads_allocate_and_hand_objects_over(mode):
                 if item is None:
                     done += 1
                     continue
-                t, i, l, d, s = item
+                t, i, l, d, s, big = item
                 if l != [t] * (i % 40) or d != {{"k": str(i) * (i % 9)}} or s != "s" * (i % 700):
                     errors.append((t, i))
+                # Made by another thread, from the heap. (Only objects no free list or cache
+                # can hand back: lists, dicts, tuples and 1-character strings may be objects
+                # made before install; strings above the pooled limit are the wrapped
+                # allocator's.)
+                if not owns(id(big)) or big != 10**30 + i:
+                    errors.append(("int not the heap's", t, i))
+                if len(d["k"]) > 1 and not owns(id(d["k"])):
+                    errors.append(("dict value not the heap's", t, i))
+                if 1 < len(s) < 400 and not owns(id(s)):
+                    errors.append(("string not the heap's", t, i, len(s)))
+                if len(s) > 600 and owns(id(s)):
+                    errors.append(("large string the heap's", t, i, len(s)))
         def churn(t):
             keep = []
             for i in range(20000):
@@ -201,10 +218,9 @@ def test_threads_allocate_and_hand_objects_over(mode):
         for th in threads: th.start()
         for th in threads: th.join()
         assert not errors, errors[:10]
-        s = ftmalloc.stats()
-        print(s["mode"], s["blocks_in_use"] > 0)
+        print(ftmalloc.stats()["mode"])
     """))
-    assert out.split() == [mode, "True"]
+    assert out.split() == [mode]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -430,9 +446,10 @@ def test_run_default_mode_follows_the_environment(tmp_path):
     [
         (["run", "--mode", "bogus", "x.py"], "--mode 'bogus' is not accepted; accepted values: gil, ft"),
         (["run", "--mode"], "--mode needs a value"),
-        (["run"], "run needs a script or -m module"),
+        (["run"], "run needs a script, -m module or -c code"),
+        (["run", "-c"], "-c needs the code to run"),
         (["run", "-m"], "-m needs a module name"),
-        (["run", "-x", "y"], "unknown option '-x'"),
+        (["run", "-x", "y"], "unknown option '-x'; accepted: --mode, -m, -c"),
         (["frobnicate"], "unknown command 'frobnicate'; accepted commands: run, stats"),
     ],
 )
@@ -484,3 +501,292 @@ def test_debug_mode_runs_python_code(mode, wrapped):
         print(ftmalloc.debug(), ftmalloc.stats()["blocks_in_use"] > 20000)
     """, env={"FTMALLOC_DEBUG": "1", "PYTHONMALLOC": wrapped}))
     assert out.split() == ["True", "True"]
+
+
+# --- CPython's debug hooks (PYTHONMALLOC=debug, -X dev): ftmalloc serves underneath them.
+
+DEBUG_HOOKS = [({"PYTHONMALLOC": "debug"}, ()), ({"PYTHONMALLOC": "malloc_debug"}, ()),
+               ({}, ("-X", "dev"))]
+DEBUG_IDS = ["PYTHONMALLOC=debug", "PYTHONMALLOC=malloc_debug", "-X dev"]
+
+
+@pytest.mark.parametrize("env, args", DEBUG_HOOKS, ids=DEBUG_IDS)
+@pytest.mark.parametrize("mode", MODES)
+def test_debug_hooks_check_the_heaps_blocks(mode, env, args):
+    # A buffer overflow by one byte past a 16-byte PyMem_Malloc block: the hooks' trailing
+    # guard bytes catch it at free, so the block must have passed through them.
+    r = run(f"""
+        import _testcapi, ftmalloc
+        ftmalloc.install({mode!r})
+        assert ftmalloc.under_debug_hooks() is True
+        x = [str(i) for i in range(1000)]
+        assert ftmalloc.owns(id(x[-1]))
+        print("installed", flush=True)
+        _testcapi.pymem_buffer_overflow()
+        print("survived", flush=True)
+    """, env=env, args=args)
+    assert r.returncode == -signal.SIGABRT, (r.returncode, r.stdout, r.stderr)
+    assert r.stdout.split() == ["installed"], r.stdout
+    assert "bad trailing pad byte" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_debug_hooks_catch_api_misuse_on_the_heaps_blocks(mode):
+    # PyMem_Malloc'ed, PyMem_RawFree'd: the hooks' API id says so.
+    r = run(f"""
+        import _testcapi, ftmalloc
+        ftmalloc.install({mode!r})
+        print("installed", flush=True)
+        _testcapi.pymem_api_misuse()
+        print("survived", flush=True)
+    """, env={"PYTHONMALLOC": "debug"})
+    assert r.returncode == -signal.SIGABRT, (r.returncode, r.stdout, r.stderr)
+    assert r.stdout.split() == ["installed"], r.stdout
+    assert "bad ID: Allocated using API 'm', verified using API 'r'" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_no_debug_hooks_without_the_setting(mode):
+    out = ok(run(f"""
+        import ftmalloc
+        ftmalloc.install({mode!r})
+        print(ftmalloc.under_debug_hooks())
+    """))
+    assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("env, args, setting", [
+    ({"PYTHONMALLOC": "debug"}, (), "PYTHONMALLOC=debug"),
+    ({}, ("-X", "dev"), "-X dev"),
+], ids=["PYTHONMALLOC=debug", "-X dev"])
+def test_debug_hooks_wrapped_by_another_allocator_refused(env, args, setting):
+    # _testcapi.set_nomemory wraps every domain's allocator (failing nothing this early):
+    # the hooks are then below another allocator, where ftmalloc cannot get under them.
+    out = ok(run("""
+        import _testcapi, ftmalloc
+        _testcapi.set_nomemory(10**9, 0)
+        try:
+            ftmalloc.install("ft")
+        except RuntimeError as e:
+            print(e)
+        else:
+            raise SystemExit("installed over hooks it would bypass")
+        _testcapi.remove_mem_hooks()
+        assert ftmalloc.mode() is None
+        ftmalloc.install("ft")          # the hooks on top again: underneath them
+        print(ftmalloc.under_debug_hooks())
+    """, env=env, args=args))
+    assert f"cannot install under {setting}" in out, out
+    assert "would bypass their checks" in out, out
+    assert out.splitlines()[-1] == "True", out
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("wrapped", WRAPPED)
+def test_raw_domain_left_alone(mode, wrapped):
+    out = ok(run(f"""
+        import ctypes, ftmalloc
+        class Alloc(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_void_p) for n in ("ctx", "malloc", "calloc", "realloc", "free")]
+        api = ctypes.pythonapi
+        api.PyMem_GetAllocator.argtypes = [ctypes.c_int, ctypes.POINTER(Alloc)]
+        api.PyMem_RawMalloc.restype = ctypes.c_void_p
+        api.PyMem_RawMalloc.argtypes = [ctypes.c_size_t]
+        api.PyMem_RawFree.argtypes = [ctypes.c_void_p]
+        RAW, MEM = 0, 1
+        def get(domain):
+            a = Alloc()
+            api.PyMem_GetAllocator(domain, ctypes.byref(a))
+            return tuple(getattr(a, n) for n, _ in Alloc._fields_)
+        raw, mem = get(RAW), get(MEM)
+        ftmalloc.install({mode!r})
+        assert get(RAW) == raw, (get(RAW), raw)
+        # MEM changed, or (under the debug hooks) what is under its hooks did.
+        assert get(MEM) != mem or ftmalloc.under_debug_hooks()
+        ps = [api.PyMem_RawMalloc(n) for n in (1, 16, 100, 512)]
+        assert all(ps) and not any(ftmalloc.owns(p) for p in ps), [hex(p) for p in ps]
+        for p in ps:
+            api.PyMem_RawFree(p)
+        print("ok")
+    """, env={"PYTHONMALLOC": wrapped}))
+    assert out.strip() == "ok"
+
+
+# --- tracemalloc at start-up, sys._debugmallocstats(), the environment.
+
+@pytest.mark.parametrize("env, args, frames", [
+    ({"PYTHONTRACEMALLOC": "5"}, (), 5),
+    ({}, ("-X", "tracemalloc=3"), 3),
+    ({"PYTHONTRACEMALLOC": "1", "PYTHONMALLOC": "debug"}, (), 1),
+], ids=["PYTHONTRACEMALLOC=5", "-X tracemalloc=3", "PYTHONTRACEMALLOC=1+debug"])
+@pytest.mark.parametrize("mode", MODES)
+def test_tracemalloc_at_start_up(mode, env, args, frames):
+    out = ok(run("""
+        import ftmalloc, tracemalloc
+        x = [str(i) * 3 for i in range(1000)]
+        tb = tracemalloc.get_object_traceback(x[-1])
+        print(ftmalloc.mode(), tracemalloc.is_tracing(), tracemalloc.get_traceback_limit(),
+              tb is not None and tb[0].lineno == 3, ftmalloc.owns(id(x[-1])))
+        tracemalloc.stop()
+        y = [str(i) * 3 for i in range(1000)]
+        print(ftmalloc.owns(id(y[-1])))
+    """, env={"FTMALLOC_PYTHON": mode, **env}, args=args))
+    assert out.split() == [mode, "True", str(frames), "True", "True", "True"], out
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_debugmallocstats_shows_the_heap(mode):
+    r = run("""
+        import sys
+        sys._debugmallocstats()
+        try:
+            sys._debugmallocstats(True)
+        except TypeError:
+            print("TypeError")
+    """, env={"FTMALLOC_PYTHON": mode})
+    assert ok(r).strip() == "TypeError"
+    err = r.stderr
+    assert err.startswith(f"ftmalloc ({mode} mode)\nSmall block threshold = 512"), err[:200]
+    assert "# bytes in allocated blocks" in err, err
+    # CPython's own rows (free lists) follow.
+    assert "free PyDictObjects" in err, err
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ftmalloc_stats_at_exit(mode):
+    r = run("x = [str(i) for i in range(5000)]; print('done')",
+            env={"FTMALLOC_PYTHON": mode, "FTMALLOC_STATS": "1"})
+    assert ok(r).strip() == "done"
+    head = r.stderr.splitlines()[:2]
+    assert head[0].startswith("ftmalloc: the Python package's heap, pid "), r.stderr
+    assert head[0].endswith(", at exit:") and head[1] == f"ftmalloc ({mode} mode)", r.stderr
+    assert "# bytes in allocated blocks" in r.stderr
+    r = run("print('done')", env={"FTMALLOC_PYTHON": mode, "FTMALLOC_STATS": "0"})
+    assert ok(r).strip() == "done" and r.stderr == "", r.stderr
+
+
+@pytest.mark.parametrize("decay, purged", [("0", True), ("3600000", False)])
+def test_ftmalloc_decay_ms(decay, purged):
+    # Free-threaded mode: 0 gives a free pool's pages back as it is freed; an hour keeps them.
+    out = ok(run("""
+        import gc, time, ftmalloc
+        ftmalloc.install("ft")
+        keep = [[str(i)] * 3 for i in range(200000)]
+        del keep
+        gc.collect()
+        time.sleep(0.3)
+        churn = [[str(i)] for i in range(20000)]
+        del churn
+        print(ftmalloc.stats()["pools_purged"])
+    """, env={"FTMALLOC_DECAY_MS": decay}))
+    assert (int(out) > 0) == purged, out
+
+
+@pytest.mark.parametrize("var, value, accepted", [
+    ("FTMALLOC_STATS", "yes", "1 (on), 0 or empty (off)"),
+    ("FTMALLOC_DECAY_MS", "10s", "an integer from 0 to 3600000 (milliseconds)"),
+    ("FTMALLOC_DECAY_MS", "3600001", "an integer from 0 to 3600000 (milliseconds)"),
+    ("FTMALLOC_MODE", "bogus", "ft, gil"),
+])
+def test_bad_environment_refused(var, value, accepted):
+    out = ok(run("""
+        import ftmalloc
+        try:
+            ftmalloc.install("ft")
+        except ValueError as e:
+            print(e)
+        print(ftmalloc.mode())
+    """, env={var: value}))
+    assert f'{var}="{value}" is not accepted; accepted values: {accepted}' in out, out
+    assert out.splitlines()[-1] == "None"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ftmalloc_mode_contradicting_ftmalloc_python_refused(mode):
+    other = "gil" if mode == "ft" else "ft"
+    r = run("print('started')", env={"FTMALLOC_PYTHON": mode, "FTMALLOC_MODE": other})
+    assert r.returncode == 2 and "started" not in r.stdout, (r.returncode, r.stdout)
+    assert f"FTMALLOC_PYTHON={mode}" in r.stderr and f'FTMALLOC_MODE="{other}"' in r.stderr, \
+        r.stderr
+    out = ok(run("import ftmalloc; print(ftmalloc.mode())",
+                 env={"FTMALLOC_PYTHON": mode, "FTMALLOC_MODE": mode}))
+    assert out.strip() == mode
+
+
+# --- The start-up hook and python's own switches.
+
+def test_dash_S_skips_the_start_up_hook():
+    # A bad value stops start-up when the hook runs; -S does not run it.
+    r = run("import sys; print('ftmalloc' in sys.modules)", env={"FTMALLOC_PYTHON": "bogus"},
+            args=["-S"])
+    assert ok(r).strip() == "False" and r.stderr == "", r.stderr
+    r = run("print('started')", env={"FTMALLOC_PYTHON": "bogus"})
+    assert r.returncode == 2
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dash_I_runs_the_start_up_hook(mode):
+    out = ok(run("import ftmalloc; print(ftmalloc.mode())", env={"FTMALLOC_PYTHON": mode},
+                 args=["-I"]))
+    assert out.strip() == mode
+
+
+# --- python -m ftmalloc run behaves as python.
+
+def python_and_run(args, cwd):
+    """The same command line run by python and by ``python -m ftmalloc run``."""
+    return (run(None, args=args, cwd=cwd),
+            run(None, args=["-m", "ftmalloc", "run", *args], cwd=cwd))
+
+
+def test_run_missing_script_as_python(tmp_path):
+    py, ft = python_and_run(["missing.py", "a"], tmp_path)
+    assert py.returncode == ft.returncode == 2, (py.returncode, ft.returncode, ft.stderr)
+    assert ft.stderr == py.stderr, (py.stderr, ft.stderr)
+    assert f"can't open file '{tmp_path / 'missing.py'}': [Errno 2]" in ft.stderr
+
+
+def test_run_missing_module_as_python(tmp_path):
+    py, ft = python_and_run(["-m", "no_such_module_x", "a"], tmp_path)
+    assert py.returncode == ft.returncode == 1, (py.returncode, ft.returncode, ft.stderr)
+    assert ft.stderr == py.stderr and "No module named no_such_module_x" in ft.stderr, \
+        (py.stderr, ft.stderr)
+
+
+def test_run_directory_without_main_as_python(tmp_path):
+    (tmp_path / "d").mkdir()
+    py, ft = python_and_run(["d"], tmp_path)
+    assert py.returncode == ft.returncode == 1, (py.returncode, ft.returncode, ft.stderr)
+    assert ft.stderr == py.stderr and "can't find '__main__' module" in ft.stderr, \
+        (py.stderr, ft.stderr)
+
+
+@pytest.mark.parametrize("code, status", [
+    ("raise SystemExit(5)", 5),
+    ("raise SystemExit('bye')", 1),
+    ("import sys; sys.exit()", 0),
+    ("def f():\n    1/0\nf()", 1),
+    ("raise KeyboardInterrupt", 130),
+])
+def test_run_c_as_python(code, status, tmp_path):
+    body = "import sys, os\nprint(__name__, sys.argv, repr(sys.path[0]), flush=True)\n" + code
+    py, ft = python_and_run(["-c", body, "a", "-x"], tmp_path)
+    want = -signal.SIGINT if status == 130 else status
+    assert py.returncode == ft.returncode == want, (py.returncode, ft.returncode, ft.stderr)
+    assert ft.stdout == py.stdout == "__main__ ['-c', 'a', '-x'] ''\n", (py.stdout, ft.stdout)
+    assert ft.stderr == py.stderr, (py.stderr, ft.stderr)
+
+
+def test_run_script_traceback_as_python(tmp_path):
+    (tmp_path / "boom.py").write_text("import sys\ndef f():\n    raise KeyError(sys.argv[1])\nf()\n")
+    py, ft = python_and_run(["boom.py", "k"], tmp_path)
+    assert py.returncode == ft.returncode == 1
+    assert ft.stderr == py.stderr, (py.stderr, ft.stderr)
+    assert "runpy" not in ft.stderr and "ftmalloc" not in ft.stderr
+
+
+def test_run_module_traceback_as_python(tmp_path):
+    (tmp_path / "boomm.py").write_text("raise ValueError('m')\n")
+    py, ft = python_and_run(["-m", "boomm"], tmp_path)
+    assert py.returncode == ft.returncode == 1
+    assert ft.stderr == py.stderr, (py.stderr, ft.stderr)

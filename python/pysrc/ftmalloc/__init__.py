@@ -11,19 +11,27 @@ their own, 3.12's ``own_gil``, need "ft"); ``"ft"`` runs the free-threaded heap 
 caches, no lock).
 
 There is no uninstall: blocks of the heap must never reach the wrapped allocator.
-``install`` refuses a second call, an unknown mode, a bad ``FTMALLOC_DEBUG`` and a running
-tracemalloc, and changes nothing when it raises.
+``install`` refuses a second call, an unknown mode, a bad ``FTMALLOC_DEBUG``,
+``FTMALLOC_STATS`` or ``FTMALLOC_DECAY_MS``, an ``FTMALLOC_MODE`` that names another mode, and
+a running tracemalloc, and changes nothing when it raises. Under CPython's debug hooks
+(``PYTHONMALLOC=debug``, ``-X dev``) the heap serves underneath them, so their checks apply
+to its blocks. Once installed, ``sys._debugmallocstats()`` prints the heap's table first, where
+pymalloc's would be.
 
 Start-up without editing a program: ``python -m ftmalloc run [--mode M] script.py args...``
-or ``... run [--mode M] -m module args...``, or ``FTMALLOC_PYTHON=gil|ft`` in the environment
+``... run [--mode M] -m module args...`` or ``... run [--mode M] -c code args...``, or ``FTMALLOC_PYTHON=gil|ft`` in the environment
 (read at start-up by the ``ftmalloc-startup.pth`` hook, so child interpreters get it too).
 """
 
+import os as _os
 import sys
 
 from ftmalloc import _ftmalloc
 
-__all__ = ["MODES", "ENV", "install", "mode", "debug", "owns", "stats", "print_stats"]
+__all__ = [
+    "MODES", "ENV", "install", "mode", "debug", "under_debug_hooks", "owns", "stats",
+    "print_stats",
+]
 
 #: The accepted modes.
 MODES = ("gil", "ft")
@@ -34,8 +42,12 @@ ENV = "FTMALLOC_PYTHON"
 def install(mode="ft"):
     """Make ftmalloc the allocator of the MEM and OBJ domains, in ``mode`` ("gil" or "ft").
 
-    Raises ValueError for an unknown mode or a bad FTMALLOC_DEBUG, RuntimeError when ftmalloc
-    is already installed or tracemalloc is tracing; nothing is changed then.
+    Reads FTMALLOC_DEBUG (debug mode), FTMALLOC_STATS (statistics on stderr at exit),
+    FTMALLOC_DECAY_MS (free-threaded mode's page decay) and FTMALLOC_MODE (must agree with
+    ``mode`` when set). Raises ValueError for an unknown mode, a bad value of one of those or a
+    contradicting FTMALLOC_MODE, RuntimeError when ftmalloc is already installed, tracemalloc is
+    tracing, or CPython's debug hooks are on but wrapped by another allocator; nothing is
+    changed then.
     """
     if not isinstance(mode, str):
         raise TypeError(
@@ -43,6 +55,28 @@ def install(mode="ft"):
             f"accepted values: {', '.join(repr(m) for m in MODES)}"
         )
     _ftmalloc.install(mode)
+    _wrap_debugmallocstats()
+
+
+def _wrap_debugmallocstats():
+    """``sys._debugmallocstats()`` prints pymalloc's table only while pymalloc serves the
+    object domain; once ftmalloc does, the heap's table takes its place (to the C stderr,
+    file descriptor 2, as CPython writes), followed by CPython's own rows (free lists)."""
+    original = getattr(sys, "_debugmallocstats", None)
+    if original is None:
+        return
+
+    def _debugmallocstats():
+        text = _ftmalloc.stats_text()
+        if text is not None:
+            sys.stderr.flush()
+            data = (text + "\n").encode()
+            while data:
+                data = data[_os.write(2, data):]
+        original()
+
+    _debugmallocstats.__doc__ = original.__doc__
+    sys._debugmallocstats = _debugmallocstats
 
 
 def mode():
@@ -53,6 +87,12 @@ def mode():
 def debug():
     """Whether the installed heap runs in debug mode (FTMALLOC_DEBUG=1); None before install."""
     return _ftmalloc.debug()
+
+
+def under_debug_hooks():
+    """Whether the installed heap serves underneath CPython's debug hooks (PYTHONMALLOC=debug,
+    -X dev, a debug build), so their checks apply to its blocks; None before install."""
+    return _ftmalloc.under_debug_hooks()
 
 
 def owns(address):
