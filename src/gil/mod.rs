@@ -45,6 +45,19 @@
 //!    glibc's own malloc.) Nested forks (from a signal handler during `fork`) are counted, and
 //!    only the level that took the lock releases it.
 //!
+//! # A holder that does not come back
+//! A signal handler that allocates while its thread holds the lock (it interrupted that
+//! thread's own allocation) would wait for itself forever: POSIX leaves `malloc` in a signal
+//! handler undefined, but glibc survives it. The lock cannot tell its holder cheaply (the
+//! uncontended acquire is one compare-exchange of a constant, and storing the holder's id
+//! there would add instructions to every call), so the slow path judges by progress instead:
+//! a waiter sets `WAITERS`, so every release after that takes the slow release, which counts
+//! itself in `releases`. A waiter (not `lock_wait`'s) that sees no release for `STALL_MS`
+//! gives up and serves its request without the heap, as during a fork (protocol step 2: an
+//! allocation from the allocator underneath, a free deferred to the holder's release), and
+//! gives up again at once while that same holder keeps the lock. A holder merely descheduled
+//! that long costs the same: some requests served underneath, never a wrong result.
+//!
 //! The lock and the fork protocol are outside the loom facade (loom has no futex); they are
 //! tested by `tests/c/fork_orders.c` under the drop-in and `tests/global_fork.rs`.
 //!
@@ -83,6 +96,10 @@ pub(crate) use pymalloc::GilCore;
 /// or, with `SERIAL`, behind the caller's lock (*Serialised by the caller*).
 pub(crate) struct GilHeap<const SERIAL: bool = false> {
     state: AtomicU32,
+    /// Releases made on the slow path (with `WAITERS` set), counted there only: a waiter that
+    /// sees it unchanged for [`STALL_MS`] knows the holder made no progress (*A holder that
+    /// does not come back*).
+    releases: AtomicU32,
     /// Blocks freed while a fork held the lock (protocol step 2), linked through their first word.
     deferred: AtomicPtr<u8>,
     core: UnsafeCell<GilCore>,
@@ -100,7 +117,17 @@ const DEFERRED: u32 = 4;
 const FORK_ONE: u32 = 8;
 const FORKING: u32 = !(FORK_ONE - 1);
 
+/// Milliseconds a waiter sleeps without any release of the lock before it serves its request
+/// without the heap (module docs, *A holder that does not come back*).
+const STALL_MS: u64 = 10;
+
 std::thread_local! {
+    /// The lock's `releases` count (plus one; 0: none) when this thread last gave up waiting
+    /// (*A holder that does not come back*): while it is unchanged and the lock held, the same
+    /// holder still has it, and this thread gives up again at once. (One heap per process
+    /// reaches the slow path from a signal handler in practice, the process heap; another heap
+    /// at worst waits its `STALL_MS` once more.)
+    static GAVE_UP_AT: core::cell::Cell<u32> = const { core::cell::Cell::new(0) };
     /// This thread's forks in progress (nesting depth, from a signal handler during `fork`) and
     /// one bit per depth: whether that level's prepare handler took the lock.
     static FORK_LEVELS: core::cell::Cell<(u32, u64)> = const { core::cell::Cell::new((0, 0)) };
@@ -168,6 +195,7 @@ impl<const SERIAL: bool> GilHeap<SERIAL> {
     pub(crate) fn new(geo: Geometry) -> Option<GilHeap<SERIAL>> {
         Some(GilHeap {
             state: AtomicU32::new(0),
+            releases: AtomicU32::new(0),
             deferred: AtomicPtr::new(ptr::null_mut()),
             core: UnsafeCell::new(GilCore::new(geo)?),
         })
@@ -259,6 +287,8 @@ impl<const SERIAL: bool> GilHeap<SERIAL> {
         map: &'a ArenaMap,
         through_fork: bool,
     ) -> Option<GilGuard<'a, SERIAL>> {
+        // The slow releases seen and since when (ms), while the lock stays held.
+        let mut seen: Option<(u32, u64)> = None;
         loop {
             let s = self.state.load(Ordering::Relaxed);
             if s & LOCKED == 0 {
@@ -288,8 +318,35 @@ impl<const SERIAL: bool> GilHeap<SERIAL> {
             {
                 continue;
             }
+            // WAITERS is set: the holder's release takes the slow path and counts itself.
+            let wait_ms = if through_fork {
+                None
+            } else {
+                let r = self.releases.load(Ordering::Acquire);
+                if GAVE_UP_AT.with(|g| g.get()) == r.wrapping_add(1) {
+                    // The holder this thread gave up on still holds the lock.
+                    return None;
+                }
+                let now = os::now_ms();
+                let since = match seen {
+                    Some((r0, t)) if r0 == r => t,
+                    _ => {
+                        seen = Some((r, now));
+                        now
+                    }
+                };
+                let waited = now.saturating_sub(since);
+                if waited >= STALL_MS {
+                    // No release for STALL_MS: the holder is this very thread (a signal
+                    // handler interrupted its critical section) or a stalled thread. Serve
+                    // the request without the heap, as during a fork.
+                    GAVE_UP_AT.with(|g| g.set(r.wrapping_add(1)));
+                    return None;
+                }
+                Some(STALL_MS - waited)
+            };
             // Returns at once if the word changed (released, or FORKING set meanwhile).
-            futex_wait(&self.state, s | WAITERS);
+            futex_wait(&self.state, s | WAITERS, wait_ms);
         }
     }
 
@@ -326,6 +383,8 @@ impl<const SERIAL: bool> GilHeap<SERIAL> {
                 .is_ok()
             {
                 if s & WAITERS != 0 {
+                    // Progress, for waiters that time their wait (`lock_slow`).
+                    self.releases.fetch_add(1, Ordering::Release);
                     futex_wake(&self.state, 1);
                 }
                 return;
@@ -418,19 +477,27 @@ impl<const SERIAL: bool> GilHeap<SERIAL> {
 }
 
 /// Sleeps while `*word == expected` (Linux `futex(FUTEX_WAIT_PRIVATE)`, the lock's
-/// sleep; outside the free-threaded path, which never waits); returns at once if
-/// it differs, and may return spuriously: callers re-check in a loop.
-fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32) {
+/// sleep; outside the free-threaded path, which never waits), at most `timeout_ms` when given;
+/// returns at once if it differs, and may return spuriously: callers re-check in a loop.
+fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32, timeout_ms: Option<u64>) {
+    let ts = timeout_ms.map(|ms| libc::timespec {
+        tv_sec: (ms / 1000) as libc::time_t,
+        tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
+    });
+    let tsp = ts
+        .as_ref()
+        .map_or(ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: `word` is a valid, aligned u32 for the whole call; a null timeout waits for a
-    // wake. The kernel only reads the word. (It fails with EAGAIN when the word changed: errno
-    // is kept, as `free` must.)
+    // wake, another is a relative timeout that lives across the call. The kernel only reads
+    // the word. (It fails with EAGAIN when the word changed, ETIMEDOUT on a timeout: errno is
+    // kept, as `free` must.)
     os::keep_errno(|| unsafe {
         libc::syscall(
             libc::SYS_futex,
             word.as_ptr(),
             libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
             expected,
-            ptr::null::<libc::timespec>(),
+            tsp,
         )
     });
 }
