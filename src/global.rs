@@ -451,7 +451,12 @@ impl core::fmt::Display for ProcessName {
             // SAFETY: a NUL-terminated string (above).
             unsafe { core::ffi::CStr::from_ptr(name) }.to_bytes()
         };
-        write!(f, "pid {} ({})", self.0, Bytes(&name[..name.len().min(200)]))
+        write!(
+            f,
+            "pid {} ({})",
+            self.0,
+            Bytes(&name[..name.len().min(200)])
+        )
     }
 }
 
@@ -503,7 +508,11 @@ extern "C" fn print_stats() {
         (fd, true)
     };
     let mut w = StderrWriter::to_fd(fd);
-    let _ = write!(w, "ftmalloc: statistics at exit of {}\n{s}", ProcessName(pid));
+    let _ = write!(
+        w,
+        "ftmalloc: statistics at exit of {}\n{s}",
+        ProcessName(pid)
+    );
     w.flush();
     if close {
         // SAFETY: our own descriptor, opened above.

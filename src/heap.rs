@@ -456,7 +456,13 @@ impl<F: Front> Heap<F> {
             // SAFETY: the map knows ptr.
             let (pool, _, class, refs) = unsafe { self.locate(ptr, Op::Realloc, false) };
             if refs == 0 {
-                invalid_pointer(Op::Realloc, ptr as usize, pool as usize, class, Bad::PoolNotInUse);
+                invalid_pointer(
+                    Op::Realloc,
+                    ptr as usize,
+                    pool as usize,
+                    class,
+                    Bad::PoolNotInUse,
+                );
             }
             let size = class_size(class as usize);
             if new_size <= size && 4 * new_size > 3 * size {

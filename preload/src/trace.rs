@@ -13,8 +13,8 @@
 //! is replaced by the process id; a forked child stops recording.
 
 use core::cell::Cell;
-use ftmalloc_core::diag::{die_fmt, path_with_pid, Bytes, Errno, PATH_MAX};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicUsize, Ordering};
+use ftmalloc_core::diag::{die_fmt, path_with_pid, Bytes, Errno, PATH_MAX};
 
 /// Alloc event.
 pub(crate) const ALLOC: u8 = 0;
@@ -60,7 +60,11 @@ pub(crate) fn init() {
     let mut path = [0u8; PATH_MAX];
     // SAFETY: getpid has no preconditions.
     let Some(n) = path_with_pid(raw, unsafe { libc::getpid() } as u32, &mut path) else {
-        fail("use", raw, "the path (with %p replaced) is longer than 4095 bytes");
+        fail(
+            "use",
+            raw,
+            "the path (with %p replaced) is longer than 4095 bytes",
+        );
     };
     let path = &path[..n + 1];
     let shown = &path[..n];

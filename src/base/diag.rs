@@ -37,7 +37,8 @@ impl StderrWriter {
         let mut off = 0;
         while off < self.len {
             // SAFETY: buf[off..len] is initialised memory we own.
-            let n = unsafe { libc::write(self.fd, self.buf[off..].as_ptr().cast(), self.len - off) };
+            let n =
+                unsafe { libc::write(self.fd, self.buf[off..].as_ptr().cast(), self.len - off) };
             if n <= 0 {
                 break;
             }
@@ -119,7 +120,8 @@ impl fmt::Display for Errno {
             }
         };
         // SAFETY: both functions accept any number and return static strings or null.
-        let (desc, name) = unsafe { (text(strerrordesc_np(self.0)), text(strerrorname_np(self.0))) };
+        let (desc, name) =
+            unsafe { (text(strerrordesc_np(self.0)), text(strerrorname_np(self.0))) };
         match (desc, name) {
             (Some(d), Some(n)) => write!(f, "{d} ({n})"),
             _ => write!(f, "error {}", self.0),
@@ -201,7 +203,10 @@ mod tests {
         assert_eq!(&out[..n], b"x0");
         let long = [b'a'; PATH_MAX - 1];
         assert!(path_with_pid(&long, 1, &mut out).is_none());
-        assert_eq!(path_with_pid(&long[..PATH_MAX - 2], 1, &mut out), Some(PATH_MAX - 2));
+        assert_eq!(
+            path_with_pid(&long[..PATH_MAX - 2], 1, &mut out),
+            Some(PATH_MAX - 2)
+        );
     }
 
     #[test]
