@@ -201,12 +201,17 @@ mod tests {
         assert_eq!(&out[..n + 1], b"/tmp/a.407.407%\0");
         let n = path_with_pid(b"x%p", 0, &mut out).unwrap();
         assert_eq!(&out[..n], b"x0");
-        let long = [b'a'; PATH_MAX - 1];
+        let long = [b'a'; PATH_MAX];
         assert!(path_with_pid(&long, 1, &mut out).is_none());
+        // 4095 bytes and the NUL fit; a %p that grows past them does not.
         assert_eq!(
-            path_with_pid(&long[..PATH_MAX - 2], 1, &mut out),
-            Some(PATH_MAX - 2)
+            path_with_pid(&long[..PATH_MAX - 1], 1, &mut out),
+            Some(PATH_MAX - 1)
         );
+        assert_eq!(out[PATH_MAX - 1], 0);
+        let mut grows = [b'a'; PATH_MAX - 1];
+        grows[PATH_MAX - 3..].copy_from_slice(b"%p");
+        assert!(path_with_pid(&grows, 123, &mut out).is_none());
     }
 
     #[test]
