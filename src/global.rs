@@ -392,7 +392,7 @@ fn env_stats() -> Result<StatsTo, env::EnvError> {
                 &[
                     "0",
                     "1 (stderr)",
-                    "a file path containing '/', shorter than 4096 bytes (%p: the process id)",
+                    "a file path containing '/' (at most 4095 bytes; %p: the process id)",
                 ],
             ))
         }

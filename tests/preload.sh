@@ -133,7 +133,7 @@ for mode in ft gil; do
         # A signal handler that mallocs while its thread holds the lock (a hang is the
         # failure). Free-threaded mode is not async-signal-safe (README, "Drop-in malloc").
         run "$mode" "signal_malloc (SIGALRM handler mallocs; a hang is a deadlock)" \
-            timeout 60 "$WORK/signal_malloc" 300
+            timeout 60 "$WORK/signal_malloc" 40
     fi
     # FTMALLOC_TRACE: recording, %p, a forked child records nothing, a file that cannot be made.
     run "$mode" "FTMALLOC_TRACE=.../trace.%p" env FTMALLOC_TRACE="$WORK/trace.%p" "$WORK/trace"

@@ -48,15 +48,22 @@
 //! # A holder that does not come back
 //! A signal handler that allocates while its thread holds the lock (it interrupted that
 //! thread's own allocation) would wait for itself forever: POSIX leaves `malloc` in a signal
-//! handler undefined, but glibc survives it. The lock cannot tell its holder cheaply (the
-//! uncontended acquire is one compare-exchange of a constant, and storing the holder's id
-//! there would add instructions to every call), so the slow path judges by progress instead:
-//! a waiter sets `WAITERS`, so every release after that takes the slow release, which counts
-//! itself in `releases`. A waiter (not `lock_wait`'s) that sees no release for `STALL_MS`
-//! gives up and serves its request without the heap, as during a fork (protocol step 2: an
-//! allocation from the allocator underneath, a free deferred to the holder's release), and
-//! gives up again at once while that same holder keeps the lock. A holder merely descheduled
-//! that long costs the same: some requests served underneath, never a wrong result.
+//! handler undefined, but glibc survives it. A waiter that finds the lock held by its own
+//! thread serves its request without the heap, as during a fork (protocol step 2: an
+//! allocation from the allocator underneath, a free deferred to the holder's release). Who
+//! holds the lock is known only on the slow path: the uncontended acquire stays one
+//! compare-exchange of a constant (storing the holder there would add instructions to every
+//! call, over `.ci/count`'s budgets), and a slow acquire stores its thread in `holder`, which
+//! its release (always the slow one: it leaves `WAITERS` set) clears. So a waiter (not
+//! `lock_wait`'s) that finds
+//! - `holder` its own thread: gives up at once;
+//! - another thread: waits, however long;
+//! - 0 (the lock was taken on the fast path): judges by progress. It has set `WAITERS`, so
+//!   every release from then on takes the slow release, which counts itself in `releases`;
+//!   after `STALL_MS` with no release it gives up, and gives up again at once while that same
+//!   holder keeps the lock. A fast-path holder merely descheduled that long costs the same:
+//!   some requests served underneath, never a wrong result. (At 10 ms this happened under
+//!   load in `tests/global_gil.rs`; 200 ms is far above any critical section.)
 //!
 //! The lock and the fork protocol are outside the loom facade (loom has no futex); they are
 //! tested by `tests/c/fork_orders.c` under the drop-in and `tests/global_fork.rs`.
@@ -89,7 +96,7 @@ use crate::layout::{Arenas, Front, Mode};
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 pub(crate) use pymalloc::GilCore;
 
 /// GIL mode's heap: [`GilCore`] behind one lock (see the module docs: *The lock, and `fork`*),
@@ -100,6 +107,11 @@ pub(crate) struct GilHeap<const SERIAL: bool = false> {
     /// sees it unchanged for [`STALL_MS`] knows the holder made no progress (*A holder that
     /// does not come back*).
     releases: AtomicU32,
+    /// The holder's thread (`pthread_self`) while the lock was taken on the slow path, else 0
+    /// (taken on the fast path, which stores nothing, or free): written after a slow acquire,
+    /// cleared by the slow release, which every slow acquire's release takes (it leaves
+    /// `WAITERS` set). Read by waiters only (*A holder that does not come back*).
+    holder: AtomicUsize,
     /// Blocks freed while a fork held the lock (protocol step 2), linked through their first word.
     deferred: AtomicPtr<u8>,
     core: UnsafeCell<GilCore>,
@@ -119,7 +131,7 @@ const FORKING: u32 = !(FORK_ONE - 1);
 
 /// Milliseconds a waiter sleeps without any release of the lock before it serves its request
 /// without the heap (module docs, *A holder that does not come back*).
-const STALL_MS: u64 = 10;
+const STALL_MS: u64 = 200;
 
 std::thread_local! {
     /// The lock's `releases` count (plus one; 0: none) when this thread last gave up waiting
@@ -196,6 +208,7 @@ impl<const SERIAL: bool> GilHeap<SERIAL> {
         Some(GilHeap {
             state: AtomicU32::new(0),
             releases: AtomicU32::new(0),
+            holder: AtomicUsize::new(0),
             deferred: AtomicPtr::new(ptr::null_mut()),
             core: UnsafeCell::new(GilCore::new(geo)?),
         })
@@ -303,6 +316,7 @@ impl<const SERIAL: bool> GilHeap<SERIAL> {
                     )
                     .is_ok()
                 {
+                    self.holder.store(this_thread(), Ordering::Relaxed);
                     return Some(GilGuard { heap: self, map });
                 }
                 continue;
@@ -319,9 +333,19 @@ impl<const SERIAL: bool> GilHeap<SERIAL> {
                 continue;
             }
             // WAITERS is set: the holder's release takes the slow path and counts itself.
+            let holder = self.holder.load(Ordering::Relaxed);
             let wait_ms = if through_fork {
                 None
+            } else if holder == this_thread() {
+                // This thread holds the lock (taken on the slow path): a signal handler
+                // interrupted its critical section. Waiting would be forever.
+                return None;
+            } else if holder != 0 {
+                // Another thread holds it and will release it: wait, however long.
+                seen = None;
+                None
             } else {
+                // The holder took the fast path: unknown; judge by progress.
                 let r = self.releases.load(Ordering::Acquire);
                 if GAVE_UP_AT.with(|g| g.get()) == r.wrapping_add(1) {
                     // The holder this thread gave up on still holds the lock.
@@ -353,6 +377,8 @@ impl<const SERIAL: bool> GilHeap<SERIAL> {
     #[cold]
     #[inline(never)]
     fn unlock_slow(&self, map: &ArenaMap) {
+        // Before the release: a waiter must not take a later holder for this one.
+        self.holder.store(0, Ordering::Relaxed);
         loop {
             let s = self.state.load(Ordering::Relaxed);
             if s & DEFERRED != 0 {
@@ -460,6 +486,9 @@ impl<const SERIAL: bool> GilHeap<SERIAL> {
             (s & (LOCKED | DEFERRED)) | (depth * FORK_ONE),
             Ordering::Relaxed,
         );
+        // The state lost WAITERS, so the release below may take the fast one, which would
+        // leave this thread named as the holder.
+        self.holder.store(0, Ordering::Relaxed);
         if took {
             drop(GilGuard { heap: self, map });
         }
@@ -474,6 +503,13 @@ impl<const SERIAL: bool> GilHeap<SERIAL> {
         FORK_LEVELS.with(|l| l.set((depth, held & !bit)));
         held & bit != 0
     }
+}
+
+/// The calling thread, for [`GilHeap::holder`] (`pthread_self`: a read of the thread
+/// pointer, never 0).
+fn this_thread() -> usize {
+    // SAFETY: pthread_self has no preconditions.
+    unsafe { libc::pthread_self() as usize }
 }
 
 /// Sleeps while `*word == expected` (Linux `futex(FUTEX_WAIT_PRIVATE)`, the lock's
