@@ -233,7 +233,7 @@ impl<F: Front> Heap<F> {
         }
         if self.arenas.map.lookup(inner as usize).is_none() {
             // The allocator underneath served it: GIL mode while a fork holds the lock
-            // (DESIGN.md section 7). No debug header: the arena map does not know the block, so
+            // (DESIGN.md section 7), or a signal handler's request while its own thread does. No debug header: the arena map does not know the block, so
             // its free, realloc and usable size go underneath, unchanged pointer and all.
             if zeroed {
                 // SAFETY: a fresh block of at least class_size(class) >= n bytes.
