@@ -6,7 +6,7 @@
 //! and the static instance is built in place. Concurrent first callers wait (spin) while one
 //! thread builds it; building only maps memory, so it is short.
 
-use crate::base::diag::{die_fmt, StderrWriter};
+use crate::base::diag::{die_fmt, path_with_pid, Bytes, Errno, StderrWriter, PATH_MAX};
 use crate::base::env;
 use crate::ft::FtHeap;
 use crate::gil::GilHeap;
@@ -18,14 +18,19 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 use core::fmt::Write as _;
 use core::mem::MaybeUninit;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
 
 /// The global allocator type: `#[global_allocator] static A: ftmalloc::FtMalloc = ftmalloc::FtMalloc;`
 ///
 /// Environment variables, read once at the first allocation:
 /// - `FTMALLOC_MODE`: the mode of the process-wide heap ([`Mode::NAMES`]); unset or empty
 ///   means the default. Any other value aborts the process with a message naming it.
-/// - `FTMALLOC_STATS`: `1` prints the heap's [`Stats`] to stderr at exit; `0` or unset does not.
+/// - `FTMALLOC_STATS`: `1` prints the heap's [`Stats`] at exit to stderr (a descriptor
+///   duplicated from stderr when the heap is built, so a program that closes stderr before it
+///   exits still reports); a path containing `/` appends the report to that file instead
+///   (`%p` in it is replaced by the process id at exit; created if missing); `0`, empty or
+///   unset prints nothing. Anything else aborts with a message naming the value. The report
+///   starts with a line naming the process (pid and program name).
 /// - `FTMALLOC_DEBUG`: `1` turns debug mode on ([`Config::with_debug`](crate::Config::with_debug)).
 /// - `FTMALLOC_DECAY_MS`: milliseconds a free pool keeps its pages before they go back to the
 ///   OS, `0` to `3600000` ([`Config::decay_ms`](crate::Config::decay_ms)); unset or empty means
@@ -263,7 +268,7 @@ fn init_slow() -> &'static Allocator {
             Ok(m) => m,
             Err(e) => die_fmt(e),
         };
-        let stats = match env::flag(c"FTMALLOC_STATS") {
+        let stats = match env_stats() {
             Ok(s) => s,
             Err(e) => die_fmt(e),
         };
@@ -275,6 +280,17 @@ fn init_slow() -> &'static Allocator {
             Ok(d) => d,
             Err(e) => die_fmt(e),
         };
+        // glibc's allocator underneath sets itself up on its first use, and that set-up is not
+        // thread-safe (DESIGN.md section 7): bring it up now, at the process heap's first use,
+        // which is the process's first allocation for the drop-in library (whose constructor
+        // also builds the heap at load time, single-threaded). `malloc` of any size runs
+        // glibc's `ptmalloc_init` (and this thread's tcache set-up); it calls nothing of ours
+        // (the drop-in's allocator underneath is glibc's internal entry points).
+        let p = crate::layout::large::alloc(1, 16);
+        if !p.is_null() {
+            // SAFETY: a live block of the allocator underneath, just allocated.
+            unsafe { crate::layout::large::free(p) };
+        }
         let config = Config::PYMALLOC.with_debug(debug).with_decay_ms(decay);
         let mut heap = match Allocator::with_config(mode, config) {
             Ok(h) => h,
@@ -285,6 +301,7 @@ fn init_slow() -> &'static Allocator {
         let pymalloc = *heap.geometry() == PYMALLOC_GEOMETRY;
         // SAFETY: we won the UNINIT -> BUSY race, so nobody else reads or writes the cell.
         unsafe { (*INSTANCE.0.get()).write(heap) };
+        stats_target_set(stats);
         let general = debug || !pymalloc || GENERAL_ONLY.load(Ordering::Relaxed);
         let ready = match (mode, general) {
             (Mode::FreeThreaded, false) => READY_FT,
@@ -297,7 +314,7 @@ fn init_slow() -> &'static Allocator {
         // SAFETY: the handlers are valid extern "C" fns; registering may allocate through the
         // C library's own allocator, not this one.
         unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
-        if stats {
+        if !matches!(stats, StatsTo::Off) {
             // SAFETY: print_stats is a valid extern "C" fn with no arguments.
             unsafe { libc::atexit(print_stats) };
         }
@@ -351,11 +368,156 @@ extern "C" fn fork_child() {
     FtMalloc::instance().fork_child();
 }
 
+/// Where `FTMALLOC_STATS` sends the report at exit.
+#[derive(Clone, Copy)]
+enum StatsTo {
+    Off,
+    /// Stderr, through a descriptor duplicated from it when the heap is built.
+    Stderr,
+    /// Appended to the file at this path (`%p`: the process id at exit).
+    File(&'static [u8]),
+}
+
+/// `FTMALLOC_STATS`: `0`, `1` or a path containing `/`; unset or empty is off.
+fn env_stats() -> Result<StatsTo, env::EnvError> {
+    const NAME: &core::ffi::CStr = c"FTMALLOC_STATS";
+    Ok(match env::getenv(NAME) {
+        None | Some(b"") | Some(b"0") => StatsTo::Off,
+        Some(b"1") => StatsTo::Stderr,
+        Some(v) if v.contains(&b'/') && v.len() < PATH_MAX => StatsTo::File(v),
+        Some(v) => {
+            return Err(env::error(
+                NAME,
+                v,
+                &[
+                    "0",
+                    "1 (stderr)",
+                    "a file path containing '/' (at most 4095 bytes; %p: the process id)",
+                ],
+            ))
+        }
+    })
+}
+
+/// The report's descriptor for [`StatsTo::Stderr`]: a duplicate of stderr made when the heap
+/// was built (close-on-exec), or -1 (then stderr itself).
+static STATS_FD: AtomicI32 = AtomicI32::new(-1);
+/// The length of the path in `STATS_PATH` for [`StatsTo::File`]; 0 for stderr.
+static STATS_PATH_LEN: AtomicUsize = AtomicUsize::new(0);
+
+struct StatsPath(UnsafeCell<[u8; PATH_MAX]>);
+// SAFETY: written once, by the thread that builds the process heap, before STATE becomes READY
+// (release); read only by `print_stats` after `FtMalloc::stats` observed READY (acquire).
+unsafe impl Sync for StatsPath {}
+/// `FTMALLOC_STATS`'s path (with `%p`), copied when the heap is built: the program may change
+/// its environment before it exits.
+static STATS_PATH: StatsPath = StatsPath(UnsafeCell::new([0; PATH_MAX]));
+
+/// Records where the report goes (the heap's builder, before STATE becomes READY).
+fn stats_target_set(to: StatsTo) {
+    match to {
+        StatsTo::Off => {}
+        StatsTo::Stderr => {
+            // SAFETY: fcntl on any descriptor is defined; it fails (-1) when stderr is closed.
+            let fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 3) };
+            STATS_FD.store(fd, Ordering::Relaxed);
+        }
+        StatsTo::File(path) => {
+            // SAFETY: the builder is the only accessor until STATE becomes READY (StatsPath).
+            let buf = unsafe { &mut *STATS_PATH.0.get() };
+            // env_stats accepted it only shorter than PATH_MAX.
+            buf[..path.len()].copy_from_slice(path);
+            STATS_PATH_LEN.store(path.len(), Ordering::Relaxed);
+        }
+    }
+}
+
+extern "C" {
+    /// glibc: the program's name (the last component of `argv[0]`).
+    static program_invocation_short_name: *const core::ffi::c_char;
+}
+
+/// The process, for the report's header: `pid 1234 (ls)`.
+struct ProcessName(u32);
+
+impl core::fmt::Display for ProcessName {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // SAFETY: glibc sets the pointer before any user code runs; a program may point it
+        // elsewhere, but always at a C string (or leave it null).
+        let name = unsafe { program_invocation_short_name };
+        let name: &[u8] = if name.is_null() {
+            b"?"
+        } else {
+            // SAFETY: a NUL-terminated string (above).
+            unsafe { core::ffi::CStr::from_ptr(name) }.to_bytes()
+        };
+        write!(
+            f,
+            "pid {} ({})",
+            self.0,
+            Bytes(&name[..name.len().min(200)])
+        )
+    }
+}
+
 extern "C" fn print_stats() {
     let s = FtMalloc::stats();
-    let mut w = StderrWriter::new();
-    let _ = write!(w, "{s}");
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() } as u32;
+    let len = STATS_PATH_LEN.load(Ordering::Relaxed);
+    let (fd, close) = if len == 0 {
+        match STATS_FD.load(Ordering::Relaxed) {
+            -1 => (2, false),
+            fd => (fd, false),
+        }
+    } else {
+        // SAFETY: written before READY, which `FtMalloc::stats` observed (StatsPath).
+        let raw = unsafe { &(&*STATS_PATH.0.get())[..len] };
+        let mut path = [0u8; PATH_MAX];
+        let Some(n) = path_with_pid(raw, pid, &mut path) else {
+            let mut w = StderrWriter::new();
+            let _ = writeln!(
+                w,
+                "ftmalloc: FTMALLOC_STATS: cannot write the statistics of {} to \"{}\": the path with %p replaced is longer than 4095 bytes",
+                ProcessName(pid),
+                Bytes(raw)
+            );
+            w.flush();
+            return;
+        };
+        // SAFETY: `path` is NUL-terminated (path_with_pid).
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr().cast(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND | libc::O_CLOEXEC,
+                0o644,
+            )
+        };
+        if fd < 0 {
+            let e = Errno::last();
+            let mut w = StderrWriter::new();
+            let _ = writeln!(
+                w,
+                "ftmalloc: FTMALLOC_STATS: cannot write the statistics of {} to \"{}\": {e}",
+                ProcessName(pid),
+                Bytes(&path[..n])
+            );
+            w.flush();
+            return;
+        }
+        (fd, true)
+    };
+    let mut w = StderrWriter::to_fd(fd);
+    let _ = write!(
+        w,
+        "ftmalloc: statistics at exit of {}\n{s}",
+        ProcessName(pid)
+    );
     w.flush();
+    if close {
+        // SAFETY: our own descriptor, opened above.
+        unsafe { libc::close(fd) };
+    }
 }
 
 // SAFETY: every method forwards to the static Allocator, which honours GlobalAlloc's contract

@@ -231,6 +231,16 @@ impl<F: Front> Heap<F> {
         if inner.is_null() {
             return inner;
         }
+        if self.arenas.map.lookup(inner as usize).is_none() {
+            // The allocator underneath served it: GIL mode while a fork holds the lock
+            // (DESIGN.md section 7), or a signal handler's request while its own thread does. No debug header: the arena map does not know the block, so
+            // its free, realloc and usable size go underneath, unchanged pointer and all.
+            if zeroed {
+                // SAFETY: a fresh block of at least class_size(class) >= n bytes.
+                unsafe { ptr::write_bytes(inner, 0, n) };
+            }
+            return inner;
+        }
         let pool = self.arenas.geo.pool_of(inner as usize);
         // SAFETY: a fresh block of class_size(class) >= n + OVERHEAD bytes.
         unsafe { debug::on_alloc(inner, class_size(class), pool, n, zeroed) }
@@ -441,8 +451,20 @@ impl<F: Front> Heap<F> {
                 // checks it again.
                 return unsafe { self.move_to(ptr, new_layout, n.min(new_size)) };
             }
-            // SAFETY: ptr is a live block of ours.
-            let size = unsafe { self.usable_size(ptr) };
+            // The checks `free` makes, named as realloc's (an interior pointer, a pool not in
+            // use), before any byte is copied.
+            // SAFETY: the map knows ptr.
+            let (pool, _, class, refs) = unsafe { self.locate(ptr, Op::Realloc, false) };
+            if refs == 0 {
+                invalid_pointer(
+                    Op::Realloc,
+                    ptr as usize,
+                    pool as usize,
+                    class,
+                    Bad::PoolNotInUse,
+                );
+            }
+            let size = class_size(class as usize);
             if new_size <= size && 4 * new_size > 3 * size {
                 return ptr;
             }

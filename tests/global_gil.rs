@@ -349,7 +349,11 @@ fn a_stats_flag_other_than_0_or_1_is_refused() {
     );
     let (line, accepted) = refusal(&out, "FTMALLOC_STATS");
     assert!(line.contains("\"2\""), "the value is not named: {line}");
-    assert_eq!(accepted, ["0", "1"], "{line}");
+    assert_eq!(accepted[..2], ["0", "1"], "{line}");
+    assert!(
+        line.contains("a file path containing '/'"),
+        "the path form is not named: {line}"
+    );
 }
 
 #[test]

@@ -9,7 +9,9 @@
 //! loaded, or by that fallback — are sent back there.
 //!
 //! Living inside libc:
-//! - start-up allocates nothing (the first `malloc` builds the heap from `mmap`ed memory);
+//! - start-up allocates nothing of its own: the first `malloc`, or else the library's
+//!   constructor, builds the heap from `mmap`ed memory and brings up glibc's allocator
+//!   underneath (one `__libc_malloc` and `__libc_free`) while the process is single-threaded;
 //! - thread exit runs through a `pthread_key` destructor created early (low index, so
 //!   `pthread_setspecific` allocates nothing), and a thread being bound that re-enters takes a
 //!   cache-less path;
@@ -51,6 +53,19 @@ fn ensure_started() {
         }
     }
 }
+
+/// The library's constructor (`.init_array`): builds the process-wide heap at load time, while
+/// the process is single-threaded (a preloaded library's constructors run before the
+/// program's), if no allocation has built it yet. Building it brings up glibc's allocator
+/// underneath, whose set-up is not thread-safe (DESIGN.md section 7): left to the first request
+/// above 512 bytes, it could run in several threads at once.
+extern "C" fn at_load() {
+    heap();
+}
+
+#[used]
+#[link_section = ".init_array"]
+static AT_LOAD: extern "C" fn() = at_load;
 
 /// The process-wide heap, this library started.
 #[inline(always)]

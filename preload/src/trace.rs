@@ -14,6 +14,7 @@
 
 use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicUsize, Ordering};
+use ftmalloc_core::diag::{die_fmt, path_with_pid, Bytes, Errno, PATH_MAX};
 
 /// Alloc event.
 pub(crate) const ALLOC: u8 = 0;
@@ -55,36 +56,18 @@ pub(crate) fn init() {
     if raw.is_empty() {
         return;
     }
-    // Build the path in a stack buffer, replacing %p with the pid.
-    let mut path = [0u8; 4096];
-    let mut n = 0;
-    let mut i = 0;
-    while i < raw.len() && n < path.len() - 24 {
-        if raw[i] == b'%' && raw.get(i + 1) == Some(&b'p') {
-            // SAFETY: getpid has no preconditions.
-            let mut pid = unsafe { libc::getpid() } as u32;
-            let mut digits = [0u8; 10];
-            let mut d = 0;
-            loop {
-                digits[d] = b'0' + (pid % 10) as u8;
-                d += 1;
-                pid /= 10;
-                if pid == 0 {
-                    break;
-                }
-            }
-            while d > 0 {
-                d -= 1;
-                path[n] = digits[d];
-                n += 1;
-            }
-            i += 2;
-        } else {
-            path[n] = raw[i];
-            n += 1;
-            i += 1;
-        }
-    }
+    // The path in a stack buffer, %p replaced by the pid.
+    let mut path = [0u8; PATH_MAX];
+    // SAFETY: getpid has no preconditions.
+    let Some(n) = path_with_pid(raw, unsafe { libc::getpid() } as u32, &mut path) else {
+        fail(
+            "use",
+            raw,
+            "the path (with %p replaced) is longer than 4095 bytes",
+        );
+    };
+    let path = &path[..n + 1];
+    let shown = &path[..n];
     // SAFETY: path is NUL-terminated (zero-filled past n).
     let fd = unsafe {
         libc::open(
@@ -93,11 +76,15 @@ pub(crate) fn init() {
             0o644,
         )
     };
-    // SAFETY: fd is checked; ftruncate/mmap have no other preconditions.
+    if fd < 0 {
+        fail("create", shown, Errno::last());
+    }
+    // SAFETY: fd is an open file.
+    if unsafe { libc::ftruncate(fd, CAPACITY as libc::off_t) } != 0 {
+        fail("size (ftruncate to 16 GiB, sparse)", shown, Errno::last());
+    }
+    // SAFETY: fd is an open file of CAPACITY bytes; a fresh shared mapping of it.
     let base = unsafe {
-        if fd < 0 || libc::ftruncate(fd, CAPACITY as libc::off_t) != 0 {
-            ftmalloc_core::diag::die(b"ftmalloc: FTMALLOC_TRACE: cannot create the trace file\n");
-        }
         libc::mmap(
             core::ptr::null_mut(),
             CAPACITY,
@@ -108,7 +95,7 @@ pub(crate) fn init() {
         )
     };
     if base == libc::MAP_FAILED {
-        ftmalloc_core::diag::die(b"ftmalloc: FTMALLOC_TRACE: cannot map the trace file\n");
+        fail("map", shown, Errno::last());
     }
     let base = base.cast::<u8>();
     // SAFETY: the mapping is at least HEADER bytes.
@@ -122,6 +109,24 @@ pub(crate) fn init() {
         libc::pthread_atfork(None, None, Some(stop_in_child));
     }
     ON.store(true, Ordering::Release);
+}
+
+/// Aborts with a message naming the trace file and why it cannot be used.
+#[cold]
+fn fail(what: &str, path: &[u8], why: impl core::fmt::Display) -> ! {
+    struct Msg<'a, W>(&'a str, &'a [u8], W);
+    impl<W: core::fmt::Display> core::fmt::Display for Msg<'_, W> {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            writeln!(
+                f,
+                "ftmalloc: FTMALLOC_TRACE: cannot {} the trace file \"{}\": {}",
+                self.0,
+                Bytes(self.1),
+                self.2
+            )
+        }
+    }
+    die_fmt(Msg(what, path, why))
 }
 
 extern "C" fn stop_in_child() {

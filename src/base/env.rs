@@ -37,7 +37,7 @@ impl fmt::Display for EnvError {
 
 /// The value of `name`, if set. The bytes live as long as the environment is not modified;
 /// callers parse them at once.
-fn getenv(name: &CStr) -> Option<&'static [u8]> {
+pub(crate) fn getenv(name: &CStr) -> Option<&'static [u8]> {
     // SAFETY: name is NUL-terminated; getenv returns null or a NUL-terminated string that lives
     // as long as the environment is not modified (we copy nothing and read it at once).
     let p = unsafe { libc::getenv(name.as_ptr()) };
@@ -49,7 +49,12 @@ fn getenv(name: &CStr) -> Option<&'static [u8]> {
     }
 }
 
-fn error(name: &'static CStr, value: &'static [u8], accepted: &'static [&'static str]) -> EnvError {
+/// The error for `name`'s `value`, which is not one of `accepted` (descriptions).
+pub(crate) fn error(
+    name: &'static CStr,
+    value: &'static [u8],
+    accepted: &'static [&'static str],
+) -> EnvError {
     EnvError {
         name: name.to_str().unwrap_or("?"),
         value,

@@ -45,6 +45,26 @@
 //!    glibc's own malloc.) Nested forks (from a signal handler during `fork`) are counted, and
 //!    only the level that took the lock releases it.
 //!
+//! # A holder that does not come back
+//! A signal handler that allocates while its thread holds the lock (it interrupted that
+//! thread's own allocation) would wait for itself forever: POSIX leaves `malloc` in a signal
+//! handler undefined, but glibc survives it. A waiter that finds the lock held by its own
+//! thread serves its request without the heap, as during a fork (protocol step 2: an
+//! allocation from the allocator underneath, a free deferred to the holder's release). Who
+//! holds the lock is known only on the slow path: the uncontended acquire stays one
+//! compare-exchange of a constant (storing the holder there would add instructions to every
+//! call, over `.ci/count`'s budgets), and a slow acquire stores its thread in `holder`, which
+//! its release (always the slow one: it leaves `WAITERS` set) clears. So a waiter (not
+//! `lock_wait`'s) that finds
+//! - `holder` its own thread: gives up at once;
+//! - another thread: waits, however long;
+//! - 0 (the lock was taken on the fast path): judges by progress. It has set `WAITERS`, so
+//!   every release from then on takes the slow release, which counts itself in `releases`;
+//!   after `STALL_MS` with no release it gives up, and gives up again at once while that same
+//!   holder keeps the lock. A fast-path holder merely descheduled that long costs the same:
+//!   some requests served underneath, never a wrong result. (At 10 ms this happened under
+//!   load in `tests/global_gil.rs`; 200 ms is far above any critical section.)
+//!
 //! The lock and the fork protocol are outside the loom facade (loom has no futex); they are
 //! tested by `tests/c/fork_orders.c` under the drop-in and `tests/global_fork.rs`.
 //!
@@ -76,13 +96,22 @@ use crate::layout::{Arenas, Front, Mode};
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 pub(crate) use pymalloc::GilCore;
 
 /// GIL mode's heap: [`GilCore`] behind one lock (see the module docs: *The lock, and `fork`*),
 /// or, with `SERIAL`, behind the caller's lock (*Serialised by the caller*).
 pub(crate) struct GilHeap<const SERIAL: bool = false> {
     state: AtomicU32,
+    /// Releases made on the slow path (with `WAITERS` set), counted there only: a waiter that
+    /// sees it unchanged for [`STALL_MS`] knows the holder made no progress (*A holder that
+    /// does not come back*).
+    releases: AtomicU32,
+    /// The holder's thread (`pthread_self`) while the lock was taken on the slow path, else 0
+    /// (taken on the fast path, which stores nothing, or free): written after a slow acquire,
+    /// cleared by the slow release, which every slow acquire's release takes (it leaves
+    /// `WAITERS` set). Read by waiters only (*A holder that does not come back*).
+    holder: AtomicUsize,
     /// Blocks freed while a fork held the lock (protocol step 2), linked through their first word.
     deferred: AtomicPtr<u8>,
     core: UnsafeCell<GilCore>,
@@ -100,7 +129,17 @@ const DEFERRED: u32 = 4;
 const FORK_ONE: u32 = 8;
 const FORKING: u32 = !(FORK_ONE - 1);
 
+/// Milliseconds a waiter sleeps without any release of the lock before it serves its request
+/// without the heap (module docs, *A holder that does not come back*).
+const STALL_MS: u64 = 200;
+
 std::thread_local! {
+    /// The lock's `releases` count (plus one; 0: none) when this thread last gave up waiting
+    /// (*A holder that does not come back*): while it is unchanged and the lock held, the same
+    /// holder still has it, and this thread gives up again at once. (One heap per process
+    /// reaches the slow path from a signal handler in practice, the process heap; another heap
+    /// at worst waits its `STALL_MS` once more.)
+    static GAVE_UP_AT: core::cell::Cell<u32> = const { core::cell::Cell::new(0) };
     /// This thread's forks in progress (nesting depth, from a signal handler during `fork`) and
     /// one bit per depth: whether that level's prepare handler took the lock.
     static FORK_LEVELS: core::cell::Cell<(u32, u64)> = const { core::cell::Cell::new((0, 0)) };
@@ -168,6 +207,8 @@ impl<const SERIAL: bool> GilHeap<SERIAL> {
     pub(crate) fn new(geo: Geometry) -> Option<GilHeap<SERIAL>> {
         Some(GilHeap {
             state: AtomicU32::new(0),
+            releases: AtomicU32::new(0),
+            holder: AtomicUsize::new(0),
             deferred: AtomicPtr::new(ptr::null_mut()),
             core: UnsafeCell::new(GilCore::new(geo)?),
         })
@@ -259,6 +300,8 @@ impl<const SERIAL: bool> GilHeap<SERIAL> {
         map: &'a ArenaMap,
         through_fork: bool,
     ) -> Option<GilGuard<'a, SERIAL>> {
+        // The slow releases seen and since when (ms), while the lock stays held.
+        let mut seen: Option<(u32, u64)> = None;
         loop {
             let s = self.state.load(Ordering::Relaxed);
             if s & LOCKED == 0 {
@@ -273,6 +316,7 @@ impl<const SERIAL: bool> GilHeap<SERIAL> {
                     )
                     .is_ok()
                 {
+                    self.holder.store(this_thread(), Ordering::Relaxed);
                     return Some(GilGuard { heap: self, map });
                 }
                 continue;
@@ -288,14 +332,53 @@ impl<const SERIAL: bool> GilHeap<SERIAL> {
             {
                 continue;
             }
+            // WAITERS is set: the holder's release takes the slow path and counts itself.
+            let holder = self.holder.load(Ordering::Relaxed);
+            let wait_ms = if through_fork {
+                None
+            } else if holder == this_thread() {
+                // This thread holds the lock (taken on the slow path): a signal handler
+                // interrupted its critical section. Waiting would be forever.
+                return None;
+            } else if holder != 0 {
+                // Another thread holds it and will release it: wait, however long.
+                seen = None;
+                None
+            } else {
+                // The holder took the fast path: unknown; judge by progress.
+                let r = self.releases.load(Ordering::Acquire);
+                if GAVE_UP_AT.with(|g| g.get()) == r.wrapping_add(1) {
+                    // The holder this thread gave up on still holds the lock.
+                    return None;
+                }
+                let now = os::now_ms();
+                let since = match seen {
+                    Some((r0, t)) if r0 == r => t,
+                    _ => {
+                        seen = Some((r, now));
+                        now
+                    }
+                };
+                let waited = now.saturating_sub(since);
+                if waited >= STALL_MS {
+                    // No release for STALL_MS: the holder is this very thread (a signal
+                    // handler interrupted its critical section) or a stalled thread. Serve
+                    // the request without the heap, as during a fork.
+                    GAVE_UP_AT.with(|g| g.set(r.wrapping_add(1)));
+                    return None;
+                }
+                Some(STALL_MS - waited)
+            };
             // Returns at once if the word changed (released, or FORKING set meanwhile).
-            futex_wait(&self.state, s | WAITERS);
+            futex_wait(&self.state, s | WAITERS, wait_ms);
         }
     }
 
     #[cold]
     #[inline(never)]
     fn unlock_slow(&self, map: &ArenaMap) {
+        // Before the release: a waiter must not take a later holder for this one.
+        self.holder.store(0, Ordering::Relaxed);
         loop {
             let s = self.state.load(Ordering::Relaxed);
             if s & DEFERRED != 0 {
@@ -326,6 +409,8 @@ impl<const SERIAL: bool> GilHeap<SERIAL> {
                 .is_ok()
             {
                 if s & WAITERS != 0 {
+                    // Progress, for waiters that time their wait (`lock_slow`).
+                    self.releases.fetch_add(1, Ordering::Release);
                     futex_wake(&self.state, 1);
                 }
                 return;
@@ -401,6 +486,9 @@ impl<const SERIAL: bool> GilHeap<SERIAL> {
             (s & (LOCKED | DEFERRED)) | (depth * FORK_ONE),
             Ordering::Relaxed,
         );
+        // The state lost WAITERS, so the release below may take the fast one, which would
+        // leave this thread named as the holder.
+        self.holder.store(0, Ordering::Relaxed);
         if took {
             drop(GilGuard { heap: self, map });
         }
@@ -417,20 +505,35 @@ impl<const SERIAL: bool> GilHeap<SERIAL> {
     }
 }
 
+/// The calling thread, for [`GilHeap::holder`] (`pthread_self`: a read of the thread
+/// pointer, never 0).
+fn this_thread() -> usize {
+    // SAFETY: pthread_self has no preconditions.
+    unsafe { libc::pthread_self() as usize }
+}
+
 /// Sleeps while `*word == expected` (Linux `futex(FUTEX_WAIT_PRIVATE)`, the lock's
-/// sleep; outside the free-threaded path, which never waits); returns at once if
-/// it differs, and may return spuriously: callers re-check in a loop.
-fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32) {
+/// sleep; outside the free-threaded path, which never waits), at most `timeout_ms` when given;
+/// returns at once if it differs, and may return spuriously: callers re-check in a loop.
+fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32, timeout_ms: Option<u64>) {
+    let ts = timeout_ms.map(|ms| libc::timespec {
+        tv_sec: (ms / 1000) as libc::time_t,
+        tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
+    });
+    let tsp = ts
+        .as_ref()
+        .map_or(ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: `word` is a valid, aligned u32 for the whole call; a null timeout waits for a
-    // wake. The kernel only reads the word. (It fails with EAGAIN when the word changed: errno
-    // is kept, as `free` must.)
+    // wake, another is a relative timeout that lives across the call. The kernel only reads
+    // the word. (It fails with EAGAIN when the word changed, ETIMEDOUT on a timeout: errno is
+    // kept, as `free` must.)
     os::keep_errno(|| unsafe {
         libc::syscall(
             libc::SYS_futex,
             word.as_ptr(),
             libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
             expected,
-            ptr::null::<libc::timespec>(),
+            tsp,
         )
     });
 }

@@ -107,7 +107,23 @@ int main(void) {
     void *m3 = memalign(24, 10); /* rounded up to 32, as glibc does */
     CHECK(m3 && ((uintptr_t)m3 % 32) == 0);
     free(m3);
+    /* posix_memalign failures leave *out untouched. */
+    void *sentinel = (void *)0x5a5a;
+    a = sentinel;
+    CHECK(posix_memalign(&a, 3, 16) == EINVAL && a == sentinel);
+    CHECK(posix_memalign(&a, 0, 16) == EINVAL && a == sentinel);
+    CHECK(posix_memalign(&a, 4, 16) == EINVAL && a == sentinel);
+    CHECK(posix_memalign(&a, 64, SIZE_MAX - 100) == ENOMEM && a == sentinel);
     long page = sysconf(_SC_PAGESIZE);
+    /* valloc / pvalloc overflow: NULL and ENOMEM. */
+    errno = 0;
+    CHECK(valloc(SIZE_MAX) == NULL && errno == ENOMEM);
+    errno = 0;
+    CHECK(valloc(SIZE_MAX - (size_t)page) == NULL && errno == ENOMEM);
+    errno = 0;
+    CHECK(pvalloc(SIZE_MAX) == NULL && errno == ENOMEM);
+    errno = 0;
+    CHECK(pvalloc(SIZE_MAX - (size_t)page + 2) == NULL && errno == ENOMEM);
     void *v = valloc(10);
     CHECK(v && ((uintptr_t)v % page) == 0);
     free(v);

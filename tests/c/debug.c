@@ -10,6 +10,7 @@
  *   free-arena-start   free() of the arena's start address
  *   free-interior      free(p + 16), p live in the thread's own pool (free's fast path)
  *   double-free        free(q) twice, q the only block of its pool
+ *   realloc-zero-free  free(p) after realloc(p, 0), which freed p (debug mode names it)
  * Cases that must succeed (exit 0, or print what failed and exit 1):
  *   small              malloc(0) / calloc(0, 1) have a usable size above 0; calloc gives zeros
  *   calloc-rss         calloc(1, 4 GiB) leaves the resident set within 64 MiB of before
@@ -116,6 +117,13 @@ int main(int argc, char **argv) {
         announce(p + 16);
         free(p + 16);
         fprintf(stderr, "debug.c: free(p + 16) returned\n");
+    } else if (!strcmp(c, "realloc-zero-free")) {
+        /* realloc(p, 0) frees p (glibc's convention): debug mode then names a second free. */
+        void *r = realloc(p, 0);
+        fprintf(stderr, "debug.c: realloc(p, 0) returned %p\n", r);
+        announce(p);
+        free(p);
+        fprintf(stderr, "debug.c: free(p) after realloc(p, 0) returned\n");
     } else if (!strcmp(c, "double-free")) {
         /* A class nothing else here uses (440 bytes; 472 in debug mode): its pool's only block, so the second
          * free finds no block in use (a double free into a pool with other live blocks goes
