@@ -288,13 +288,12 @@ fn init_slow() -> &'static Allocator {
         // The fast states promise pymalloc's geometry too (`Heap::try_alloc_fast`).
         let pymalloc = *heap.geometry() == PYMALLOC_GEOMETRY;
         // SAFETY: we won the UNINIT -> BUSY race, so nobody else reads or writes the cells;
-        // the heap, written once, stays in its static for the rest of the process. Building
-        // the handle registers the heap, which installs the thread-exit hook and the
-        // `pthread_atfork` handlers (`heaps`) with the first heap of the process.
-        unsafe {
+        // the heap, written once, stays in its static for the rest of the process.
+        let heap: &'static Inner = unsafe {
             let heap: &'static Inner = (*HEAP.0.get()).write(heap);
             (*INSTANCE.0.get()).write(Allocator::process(heap));
-        }
+            heap
+        };
         let general = debug || !pymalloc || GENERAL_ONLY.load(Ordering::Relaxed);
         let ready = match (mode, general) {
             (Mode::FreeThreaded, false) => READY_FT,
@@ -302,6 +301,13 @@ fn init_slow() -> &'static Allocator {
             (_, true) => READY,
         };
         STATE.store(ready, Ordering::Release);
+        // Fork and thread exit: the heap joins the registry of live heaps, whose handlers
+        // (`heaps`: `pthread_atfork`, installed with the first heap, and the thread-exit hook)
+        // walk it with the instances. After READY: installing them may allocate.
+        #[cfg(not(loom))]
+        crate::heap::register_process_heap(heap);
+        #[cfg(loom)]
+        let _ = heap;
         if stats {
             // SAFETY: print_stats is a valid extern "C" fn with no arguments.
             unsafe { libc::atexit(print_stats) };

@@ -546,7 +546,9 @@ pub struct Allocator {
     /// The heap, at a fixed address: an instance's own mapping (`owned`), or the process
     /// shell's static, which is never dropped.
     inner: core::ptr::NonNull<Inner>,
-    /// The heap's slot in the registry of live heaps (`heaps::NONE` when it has none: loom).
+    /// The heap's slot in the registry of live heaps (an instance's; none under loom, which has
+    /// no registry, nor for the process-wide heap's handle, which is never dropped).
+    #[cfg_attr(loom, allow(dead_code))]
     slot: usize,
     /// True when `inner` is this value's own mapping, unmapped on drop.
     owned: bool,
@@ -586,17 +588,20 @@ impl Inner {
 
     /// `pthread_atfork` prepare handler (walked by `heaps`): GIL mode takes its lock (`gil`,
     /// the fork protocol); free-threaded mode has nothing to hold.
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn fork_prepare(&self) {
         dispatch!(self, h => h.front.fork_prepare(&h.arenas))
     }
 
     /// `pthread_atfork` parent handler: releases what the prepare handler took.
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn fork_parent(&self) {
         dispatch!(self, h => h.front.fork_parent(&h.arenas))
     }
 
     /// `pthread_atfork` child handler: releases what the prepare handler took; free-threaded
     /// mode repairs what the parent's other threads left in flight (`ft`, `after_fork`).
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn fork_child(&self) {
         dispatch!(self, h => h.front.fork_child(&h.arenas))
     }
@@ -635,20 +640,30 @@ impl Inner {
     }
 }
 
+/// Enters the process-wide heap (in the process shell's static, never dropped) in the registry
+/// of live heaps, with the thread-exit hook and the `pthread_atfork` handlers if it is the first
+/// heap. Called once, by the shell, after the heap is ready.
+#[cfg(not(loom))]
+pub(crate) fn register_process_heap(inner: &'static Inner) {
+    crate::heaps::register(inner as *const Inner as *mut Inner);
+}
+
 impl Drop for Allocator {
     fn drop(&mut self) {
+        if !self.owned {
+            // The process-wide heap's handle (never dropped in practice): nothing of ours.
+            return;
+        }
         // Out of the registry first: once `unregister` returns, no walker (thread exit, fork
         // handler) can reach the heap any more, and none is still inside it.
         #[cfg(not(loom))]
         crate::heaps::unregister(self.slot);
-        if self.owned {
-            // SAFETY: the mapping holds the heap, written in `with_config`, and nothing else
-            // reaches it now (`&mut self`, and out of the registry); it is dropped once, then
-            // unmapped with the size it was mapped with.
-            unsafe {
-                ptr::drop_in_place(self.inner.as_ptr());
-                crate::base::os::unmap(self.inner.as_ptr().cast(), inner_bytes());
-            }
+        // SAFETY: the mapping holds the heap, written in `with_config`, and nothing else
+        // reaches it now (`&mut self`, and out of the registry); it is dropped once, then
+        // unmapped with the size it was mapped with.
+        unsafe {
+            ptr::drop_in_place(self.inner.as_ptr());
+            crate::base::os::unmap(self.inner.as_ptr().cast(), inner_bytes());
         }
     }
 }
@@ -683,23 +698,28 @@ impl Allocator {
         // SAFETY: a fresh mapping of at least size_of::<Inner>() bytes, page-aligned (enough
         // for Inner, checked above).
         unsafe { mem.as_ptr().write(inner) };
-        Ok(Allocator::registered(mem, true))
+        #[cfg(not(loom))]
+        let slot = crate::heaps::register(mem.as_ptr());
+        #[cfg(loom)]
+        let slot = usize::MAX;
+        Ok(Allocator {
+            inner: mem,
+            slot,
+            owned: true,
+        })
     }
 
     /// The handle of the process-wide heap, which the process shell built in its static (and
-    /// marked with `set_process_heap`); registered like any heap. Never dropped.
+    /// marked with `set_process_heap`). Never dropped. Not registered yet: the shell calls
+    /// [`register_process_heap`] once the heap is ready, because registering the first heap
+    /// installs the hooks, and `pthread_atfork` may allocate (in the drop-in library, from this
+    /// very heap).
     pub(crate) fn process(inner: &'static Inner) -> Allocator {
-        Allocator::registered(core::ptr::NonNull::from(inner), false)
-    }
-
-    /// A handle of the heap at `inner` (fixed for its life), entered in the registry of live
-    /// heaps.
-    fn registered(inner: core::ptr::NonNull<Inner>, owned: bool) -> Allocator {
-        #[cfg(not(loom))]
-        let slot = crate::heaps::register(inner.as_ptr());
-        #[cfg(loom)]
-        let slot = usize::MAX;
-        Allocator { inner, slot, owned }
+        Allocator {
+            inner: core::ptr::NonNull::from(inner),
+            slot: usize::MAX,
+            owned: false,
+        }
     }
 
     /// The heap.

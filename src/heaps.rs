@@ -47,10 +47,6 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 /// Slots per chunk.
 const CHUNK: usize = 256;
 
-/// The slot of a heap that is not registered.
-#[cfg_attr(not(test), allow(dead_code))]
-pub(crate) const NONE: usize = usize::MAX;
-
 struct Slot {
     /// The registered heap; null when the slot is vacant.
     heap: AtomicPtr<Inner>,
@@ -200,10 +196,12 @@ pub(crate) fn register(heap: *mut Inner) -> usize {
     index
 }
 
-/// Takes the heap in slot `index` out of the registry and waits until no thread-exit walker
-/// is inside it (invariant 3); waits for a fork in progress first (invariant 2). `NONE`: no-op.
+/// Takes the heap in slot `index` (from [`register`]) out of the registry and waits until no
+/// thread-exit walker is inside it (invariant 3); waits for a fork in progress first
+/// (invariant 2).
 pub(crate) fn unregister(index: usize) {
-    let Some(s) = (if index == NONE { None } else { slot(index) }) else {
+    let Some(s) = slot(index) else {
+        debug_assert!(false, "unregister of a slot never registered");
         return;
     };
     lock();
@@ -219,9 +217,13 @@ fn install_hooks() {
         return;
     }
     crate::ft::set_thread_exit_hook(thread_exit);
-    // SAFETY: the handlers are valid extern "C" fns that stay mapped (module docs); registering
-    // may allocate through the C library's allocator or this one (not while walking).
-    unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+    // Miri cannot fork (nor emulate `pthread_atfork`).
+    if !cfg!(miri) {
+        // SAFETY: the handlers are valid extern "C" fns that stay mapped (module docs);
+        // registering may allocate through the C library's allocator or this one (not while
+        // walking).
+        unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+    }
 }
 
 /// The thread registry's exit hook: thread `tid` is exiting; each free-threaded heap abandons

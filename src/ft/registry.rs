@@ -3,7 +3,7 @@
 //! Every thread that binds to a free-threaded heap gets a small index (`tid`, below
 //! `MAX_THREADS`, reused after the thread exits) from a bitmap, and a `pthread_key` destructor
 //! that runs at its exit: it calls [`super::thread_exiting`] (which marks the thread's memo dead
-//! and abandons its cache of the process-wide heap through the exit hook) and frees the index.
+//! and, through the exit hook, abandons its cache of every live heap) and frees the index.
 //!
 //! The destructor is a `pthread_key` destructor, not a Rust thread-local with `Drop`: registering
 //! a Rust TLS destructor goes through `__cxa_thread_atexit_impl`, which calls `calloc`, and in the
@@ -73,7 +73,10 @@ fn key() -> Option<libc::pthread_key_t> {
     }
     match KEY.compare_exchange(0, new as usize + 1, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => {
-            pin_code();
+            // Miri has no dynamic loader to ask (nor a `dlclose` to survive).
+            if !cfg!(miri) {
+                pin_code();
+            }
             Some(new)
         }
         Err(winner) => {

@@ -403,6 +403,7 @@ impl<const SERIAL: bool> GilHeap<SERIAL> {
 /// Opens a fork level of the calling thread (the registry of heaps calls it once per `fork`,
 /// before the prepare handlers of all heaps): whether this fork takes the GIL-mode locks
 /// (protocol step 5: not in a single-threaded process) is decided once, for every heap.
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) fn fork_begin() {
     let (depth, held) = FORK_LEVELS.with(|l| l.get());
     // SAFETY: a byte glibc exports; it only goes from non-zero to zero, when a second
@@ -415,6 +416,7 @@ pub(crate) fn fork_begin() {
 
 /// Closes the calling thread's innermost fork level (after the parent or child handlers of
 /// all heaps).
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) fn fork_end() {
     let (depth, held) = FORK_LEVELS.with(|l| l.get());
     debug_assert!(depth > 0, "fork handler without prepare");
