@@ -7,7 +7,8 @@
 //! [`Front`] trait (`layout`), implemented by `gil::GilHeap` and `ft::FtHeap` in their folders.
 //!
 //! [`Heap<F>`] is one heap monomorphised over its front-end. [`Allocator`], the public type whose
-//! mode is chosen at run time, is an enum of the two, and [`dispatch!`] is the one place that
+//! mode is chosen at run time, is a handle to an enum of the two (`Inner`, at a fixed address,
+//! entered in the registry of live heaps, `heaps`), and [`dispatch!`] is the one place that
 //! matches on it (a second arm for handles, [`ThreadCache`]).
 
 use crate::base::{asan, diag};

@@ -269,7 +269,10 @@ fn exited_threads_hand_back_instance_caches() {
     );
     for s in [&s1, &s10] {
         assert_eq!(s.thread_caches, 0, "caches of exited threads: {s}");
-        assert_eq!(s.cached_pools, 0, "pools held by caches of exited threads: {s}");
+        assert_eq!(
+            s.cached_pools, 0,
+            "pools held by caches of exited threads: {s}"
+        );
     }
     assert!(
         // The ring's blocks are spread over pools as the threads happened to interleave: a
