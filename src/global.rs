@@ -10,7 +10,7 @@ use crate::base::diag::{die_fmt, path_with_pid, Bytes, Errno, StderrWriter, PATH
 use crate::base::env;
 use crate::ft::FtHeap;
 use crate::gil::GilHeap;
-use crate::heap::{Allocator, Heap};
+use crate::heap::{Allocator, Heap, Inner};
 use crate::layout::config::{Config, PYMALLOC_GEOMETRY};
 use crate::layout::stats::Stats;
 use crate::layout::Mode;
@@ -53,13 +53,17 @@ const READY_GIL: u8 = 4;
 /// drop-in library while it records a trace): the heap then never enters a fast state.
 static GENERAL_ONLY: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
-struct Instance(UnsafeCell<MaybeUninit<Allocator>>);
-// SAFETY: the cell is written once, by the thread that moves STATE from UNINIT to BUSY, before
-// STATE becomes READY (release); it is only read after observing READY (acquire).
-unsafe impl Sync for Instance {}
+struct Instance<T>(UnsafeCell<MaybeUninit<T>>);
+// SAFETY: the cells are written once, by the thread that moves STATE from UNINIT to BUSY,
+// before STATE becomes READY (release); they are only read after observing READY (acquire).
+unsafe impl<T> Sync for Instance<T> {}
 
 static STATE: AtomicU8 = AtomicU8::new(UNINIT);
-static INSTANCE: Instance = Instance(UnsafeCell::new(MaybeUninit::uninit()));
+/// The process-wide heap itself, at a fixed address (the registry of heaps points at it). The
+/// fast paths reach it here directly, without the handle's pointer.
+static HEAP: Instance<Inner> = Instance(UnsafeCell::new(MaybeUninit::uninit()));
+/// Its handle (`FtMalloc::instance`), pointing at `HEAP`; never dropped.
+static INSTANCE: Instance<Allocator> = Instance(UnsafeCell::new(MaybeUninit::uninit()));
 
 /// The mode used when `FTMALLOC_MODE` is unset or empty.
 pub const DEFAULT_MODE: Mode = Mode::FreeThreaded;
@@ -83,7 +87,7 @@ impl FtMalloc {
         if STATE.load(Ordering::Acquire) == READY_FT {
             // SAFETY: READY_FT is stored (release) only after a free-threaded instance was
             // written, and the instance never changes.
-            Some(unsafe { (*INSTANCE.0.get()).assume_init_ref().as_ft_unchecked() })
+            Some(unsafe { (*HEAP.0.get()).assume_init_ref().as_ft_unchecked() })
         } else {
             None
         }
@@ -98,10 +102,10 @@ impl FtMalloc {
         // The free-threaded test first: it is the design under study, and the default.
         if s == READY_FT {
             // SAFETY: as in `fast_ft`.
-            Fast::Ft(unsafe { (*INSTANCE.0.get()).assume_init_ref().as_ft_unchecked() })
+            Fast::Ft(unsafe { (*HEAP.0.get()).assume_init_ref().as_ft_unchecked() })
         } else if s == READY_GIL {
             // SAFETY: as above, for GIL mode.
-            Fast::Gil(unsafe { (*INSTANCE.0.get()).assume_init_ref().as_gil_unchecked() })
+            Fast::Gil(unsafe { (*HEAP.0.get()).assume_init_ref().as_gil_unchecked() })
         } else {
             Fast::No
         }
@@ -150,7 +154,7 @@ impl FtMalloc {
             // pymalloc's geometry was written; alignment 16 and the size bound are checked by
             // `try_alloc_fast`.
             unsafe {
-                let h = (*INSTANCE.0.get()).assume_init_ref().as_gil_unchecked();
+                let h = (*HEAP.0.get()).assume_init_ref().as_gil_unchecked();
                 h.try_alloc_fast(Layout::from_size_align_unchecked(size, 16))
             }
         } else {
@@ -169,7 +173,7 @@ impl FtMalloc {
         if STATE.load(Ordering::Acquire) == READY_GIL {
             // SAFETY: as in `malloc_fast_gil`; the contract.
             unsafe {
-                let h = (*INSTANCE.0.get()).assume_init_ref().as_gil_unchecked();
+                let h = (*HEAP.0.get()).assume_init_ref().as_gil_unchecked();
                 h.try_free_fast(ptr)
             }
         } else {
@@ -292,15 +296,20 @@ fn init_slow() -> &'static Allocator {
             unsafe { crate::layout::large::free(p) };
         }
         let config = Config::PYMALLOC.with_debug(debug).with_decay_ms(decay);
-        let mut heap = match Allocator::with_config(mode, config) {
+        let mut heap = match Inner::build(mode, config) {
             Ok(h) => h,
             Err(e) => die_fmt(e),
         };
         heap.set_process_heap();
         // The fast states promise pymalloc's geometry too (`Heap::try_alloc_fast`).
         let pymalloc = *heap.geometry() == PYMALLOC_GEOMETRY;
-        // SAFETY: we won the UNINIT -> BUSY race, so nobody else reads or writes the cell.
-        unsafe { (*INSTANCE.0.get()).write(heap) };
+        // SAFETY: we won the UNINIT -> BUSY race, so nobody else reads or writes the cells;
+        // the heap, written once, stays in its static for the rest of the process.
+        let heap: &'static Inner = unsafe {
+            let heap: &'static Inner = (*HEAP.0.get()).write(heap);
+            (*INSTANCE.0.get()).write(Allocator::process(heap));
+            heap
+        };
         stats_target_set(stats);
         let general = debug || !pymalloc || GENERAL_ONLY.load(Ordering::Relaxed);
         let ready = match (mode, general) {
@@ -309,11 +318,13 @@ fn init_slow() -> &'static Allocator {
             (_, true) => READY,
         };
         STATE.store(ready, Ordering::Release);
+        // Fork and thread exit: the heap joins the registry of live heaps, whose handlers
+        // (`heaps`: `pthread_atfork`, installed with the first heap, and the thread-exit hook)
+        // walk it with the instances. After READY: installing them may allocate.
         #[cfg(not(loom))]
-        crate::heap::set_thread_exit_hook(thread_exit);
-        // SAFETY: the handlers are valid extern "C" fns; registering may allocate through the
-        // C library's own allocator, not this one.
-        unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+        crate::heap::register_process_heap(heap);
+        #[cfg(loom)]
+        let _ = heap;
         if !matches!(stats, StatsTo::Off) {
             // SAFETY: print_stats is a valid extern "C" fn with no arguments.
             unsafe { libc::atexit(print_stats) };
@@ -345,28 +356,8 @@ fn env_decay_ms() -> Result<u64, env::EnvError> {
     .unwrap_or(Config::DEFAULT_DECAY_MS))
 }
 
-/// The thread-exit hook of the process-wide heap (installed when it is built): abandons the
-/// exiting thread's cache of it.
-#[cfg(not(loom))]
-fn thread_exit(tid: usize) {
-    if STATE.load(Ordering::Acquire) >= READY {
-        // SAFETY: READY or READY_FT observed with acquire.
-        let a = unsafe { (*INSTANCE.0.get()).assume_init_ref() };
-        a.thread_exit(tid);
-    }
-}
-
-extern "C" fn fork_prepare() {
-    FtMalloc::instance().fork_prepare();
-}
-
-extern "C" fn fork_parent() {
-    FtMalloc::instance().fork_parent();
-}
-
-extern "C" fn fork_child() {
-    FtMalloc::instance().fork_child();
-}
+// Fork and thread exit: the process-wide heap is in the registry of heaps like every instance,
+// and the handlers there (`heaps`: `pthread_atfork`, the thread-exit hook) walk it with them.
 
 /// Where `FTMALLOC_STATS` sends the report at exit.
 #[derive(Clone, Copy)]

@@ -7,7 +7,8 @@
 //! [`Front`] trait (`layout`), implemented by `gil::GilHeap` and `ft::FtHeap` in their folders.
 //!
 //! [`Heap<F>`] is one heap monomorphised over its front-end. [`Allocator`], the public type whose
-//! mode is chosen at run time, is an enum of the two, and [`dispatch!`] is the one place that
+//! mode is chosen at run time, is a handle to an enum of the two (`Inner`, at a fixed address,
+//! entered in the registry of live heaps, `heaps`), and [`dispatch!`] is the one place that
 //! matches on it (a second arm for handles, [`ThreadCache`]).
 
 use crate::base::{asan, diag};
@@ -233,8 +234,9 @@ impl<F: Front> Heap<F> {
         }
         if self.arenas.map.lookup(inner as usize).is_none() {
             // The allocator underneath served it: GIL mode while a fork holds the lock
-            // (DESIGN.md section 7), or a signal handler's request while its own thread does. No debug header: the arena map does not know the block, so
-            // its free, realloc and usable size go underneath, unchanged pointer and all.
+            // (DESIGN.md section 7), or a signal handler's request while its own thread does.
+            // No debug header: the arena map does not know the block, so its free, realloc
+            // and usable size go underneath, unchanged pointer and all.
             if zeroed {
                 // SAFETY: a fresh block of at least class_size(class) >= n bytes.
                 unsafe { ptr::write_bytes(inner, 0, n) };
@@ -533,10 +535,13 @@ macro_rules! dispatch {
     };
 }
 
-// The variants are large and unequal, but an Allocator is built once and lives long; boxing
-// the larger one would allocate, which the global allocator cannot do while it starts.
+/// A heap of either mode. It lives at a fixed address for its whole life (an instance's own
+/// mapping, or the process shell's static), because the registry of live heaps (`heaps`), which
+/// the thread-exit hook and the `fork` handlers walk, points at it.
+// The variants are large and unequal, but a heap is built once and lives long; boxing the
+// larger one would allocate, which the global allocator cannot do while it starts.
 #[allow(clippy::large_enum_variant)]
-enum Inner {
+pub(crate) enum Inner {
     Gil(Heap<GilHeap>),
     Ft(Heap<FtHeap>),
 }
@@ -545,8 +550,136 @@ enum Inner {
 ///
 /// Small requests (1..=512 bytes, alignment <= 16) are served from its pools; everything else,
 /// and every pointer its arena map does not know, goes to the C library's allocator.
+///
+/// Every live heap, instances included, is in the process's registry of heaps: at `fork` the
+/// handlers take each GIL-mode heap's lock (so the child never finds one held by a thread it does
+/// not have) and repair each free-threaded heap in the child; at a thread's exit its caches of
+/// every free-threaded heap are handed back (their pools become adoptable at once). The value
+/// itself is a handle: the heap lives in a mapping of its own, unmapped when it is dropped.
 pub struct Allocator {
-    inner: Inner,
+    /// The heap, at a fixed address: an instance's own mapping (`owned`), or the process
+    /// shell's static, which is never dropped.
+    inner: core::ptr::NonNull<Inner>,
+    /// The heap's slot in the registry of live heaps (an instance's; none under loom, which has
+    /// no registry, nor for the process-wide heap's handle, which is never dropped).
+    #[cfg_attr(loom, allow(dead_code))]
+    slot: usize,
+    /// True when `inner` is this value's own mapping, unmapped on drop.
+    owned: bool,
+}
+
+// SAFETY: an Allocator is a unique handle to its heap (the mapping it owns, or the process
+// shell's static heap); `Heap<F>` is Send and Sync for both fronts (all shared state is atomic
+// or behind the GIL-mode lock).
+unsafe impl Send for Allocator {}
+// SAFETY: as above.
+unsafe impl Sync for Allocator {}
+
+/// Bytes of an instance's own mapping.
+fn inner_bytes() -> usize {
+    core::mem::size_of::<Inner>().next_multiple_of(crate::base::os::page_size())
+}
+
+impl Inner {
+    /// A new heap of `mode` for `config` (validated), not yet at its fixed address.
+    pub(crate) fn build(mode: Mode, config: Config) -> Result<Inner, ConfigError> {
+        Ok(match mode {
+            Mode::Gil => Inner::Gil(Heap::with_config(config)?),
+            Mode::FreeThreaded => Inner::Ft(Heap::with_config(config)?),
+        })
+    }
+
+    /// Marks this heap as the process-wide one (its thread caches may batch remote frees; see
+    /// `ft`). Before it is registered or used.
+    pub(crate) fn set_process_heap(&mut self) {
+        dispatch!(self, h => h.front.set_process_heap())
+    }
+
+    /// The geometry this heap was built with.
+    pub(crate) fn geometry(&self) -> &Geometry {
+        dispatch!(self, h => &h.arenas.geo)
+    }
+
+    /// `pthread_atfork` prepare handler (walked by `heaps`): GIL mode takes its lock (`gil`,
+    /// the fork protocol); free-threaded mode has nothing to hold.
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(crate) fn fork_prepare(&self) {
+        dispatch!(self, h => h.front.fork_prepare(&h.arenas))
+    }
+
+    /// `pthread_atfork` parent handler: releases what the prepare handler took.
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(crate) fn fork_parent(&self) {
+        dispatch!(self, h => h.front.fork_parent(&h.arenas))
+    }
+
+    /// `pthread_atfork` child handler: releases what the prepare handler took; free-threaded
+    /// mode repairs what the parent's other threads left in flight (`ft`, `after_fork`).
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(crate) fn fork_child(&self) {
+        dispatch!(self, h => h.front.fork_child(&h.arenas))
+    }
+
+    /// Thread `tid` is exiting (walked by `heaps` from the thread registry's exit hook):
+    /// free-threaded mode abandons the thread's cache of this heap.
+    #[cfg(not(loom))]
+    pub(crate) fn thread_exit(&self, tid: usize) {
+        dispatch!(self, h => h.front.thread_exit(tid, &h.arenas))
+    }
+
+    /// The GIL-mode heap inside.
+    ///
+    /// # Safety
+    /// The mode is [`Mode::Gil`].
+    #[inline(always)]
+    pub(crate) unsafe fn as_gil_unchecked(&self) -> &Heap<GilHeap> {
+        match self {
+            Inner::Gil(h) => h,
+            // SAFETY: the contract.
+            Inner::Ft(_) => unsafe { core::hint::unreachable_unchecked() },
+        }
+    }
+
+    /// The free-threaded heap inside.
+    ///
+    /// # Safety
+    /// The mode is [`Mode::FreeThreaded`].
+    #[inline(always)]
+    pub(crate) unsafe fn as_ft_unchecked(&self) -> &Heap<FtHeap> {
+        match self {
+            Inner::Ft(h) => h,
+            // SAFETY: the contract.
+            Inner::Gil(_) => unsafe { core::hint::unreachable_unchecked() },
+        }
+    }
+}
+
+/// Enters the process-wide heap (in the process shell's static, never dropped) in the registry
+/// of live heaps, with the thread-exit hook and the `pthread_atfork` handlers if it is the first
+/// heap. Called once, by the shell, after the heap is ready.
+#[cfg(not(loom))]
+pub(crate) fn register_process_heap(inner: &'static Inner) {
+    crate::heaps::register(inner as *const Inner as *mut Inner);
+}
+
+impl Drop for Allocator {
+    fn drop(&mut self) {
+        if !self.owned {
+            // The process-wide heap's handle (never dropped in practice): nothing of ours.
+            return;
+        }
+        // Out of the registry first: once `unregister` returns, no walker (thread exit, fork
+        // handler) can reach the heap any more, and none is still inside it.
+        #[cfg(not(loom))]
+        crate::heaps::unregister(self.slot);
+        // SAFETY: the mapping holds the heap, written in `with_config`, and nothing else
+        // reaches it now (`&mut self`, and out of the registry); it is dropped once, then
+        // unmapped with the size it was mapped with.
+        unsafe {
+            ptr::drop_in_place(self.inner.as_ptr());
+            crate::base::os::unmap(self.inner.as_ptr().cast(), inner_bytes());
+        }
+    }
 }
 
 impl fmt::Debug for Allocator {
@@ -570,21 +703,55 @@ impl Allocator {
 
     /// A new heap with another geometry (tests and models use tiny pools and arenas).
     pub fn with_config(mode: Mode, config: Config) -> Result<Allocator, ConfigError> {
-        let inner = match mode {
-            Mode::Gil => Inner::Gil(Heap::with_config(config)?),
-            Mode::FreeThreaded => Inner::Ft(Heap::with_config(config)?),
+        let inner = Inner::build(mode, config)?;
+        const { assert!(core::mem::align_of::<Inner>() <= 4096) };
+        let mem = crate::base::os::map(inner_bytes()).cast::<Inner>();
+        let Some(mem) = core::ptr::NonNull::new(mem) else {
+            out_of_address_space()
         };
-        Ok(Allocator { inner })
+        // SAFETY: a fresh mapping of at least size_of::<Inner>() bytes, page-aligned (enough
+        // for Inner, checked above).
+        unsafe { mem.as_ptr().write(inner) };
+        #[cfg(not(loom))]
+        let slot = crate::heaps::register(mem.as_ptr());
+        #[cfg(loom)]
+        let slot = usize::MAX;
+        Ok(Allocator {
+            inner: mem,
+            slot,
+            owned: true,
+        })
+    }
+
+    /// The handle of the process-wide heap, which the process shell built in its static (and
+    /// marked with `set_process_heap`). Never dropped. Not registered yet: the shell calls
+    /// [`register_process_heap`] once the heap is ready, because registering the first heap
+    /// installs the hooks, and `pthread_atfork` may allocate (in the drop-in library, from this
+    /// very heap).
+    pub(crate) fn process(inner: &'static Inner) -> Allocator {
+        Allocator {
+            inner: core::ptr::NonNull::from(inner),
+            slot: usize::MAX,
+            owned: false,
+        }
+    }
+
+    /// The heap.
+    #[inline(always)]
+    fn inner(&self) -> &Inner {
+        // SAFETY: the heap lives at this address until the handle is dropped (its own mapping)
+        // or forever (the process shell's static).
+        unsafe { self.inner.as_ref() }
     }
 
     /// The mode this heap was built with.
     pub fn mode(&self) -> Mode {
-        dispatch!(&self.inner, h => h.mode())
+        dispatch!(self.inner(), h => h.mode())
     }
 
     /// The geometry this heap was built with.
     pub fn geometry(&self) -> &Geometry {
-        dispatch!(&self.inner, h => &h.arenas.geo)
+        dispatch!(self.inner(), h => &h.arenas.geo)
     }
 
     /// The largest request (alignment <= 16) served from this heap's pools: the geometry's
@@ -593,13 +760,13 @@ impl Allocator {
     /// mode; a wrapper that sends only requests of 1 to this many bytes here gets blocks that
     /// [`owns`](Self::owns) recognises.
     pub fn pooled_limit(&self) -> usize {
-        dispatch!(&self.inner, h => h.pooled_limit())
+        dispatch!(self.inner(), h => h.pooled_limit())
     }
 
     /// True when `ptr` lies inside one of this heap's arenas. Safe for any address.
     #[inline]
     pub fn owns(&self, ptr: *const u8) -> bool {
-        dispatch!(&self.inner, h => h.owns(ptr))
+        dispatch!(self.inner(), h => h.owns(ptr))
     }
 
     /// Allocates a block for `layout`; null when memory is exhausted.
@@ -611,7 +778,7 @@ impl Allocator {
     #[inline(always)]
     pub unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded contract.
-        dispatch!(&self.inner, h => unsafe { h.alloc(layout) })
+        dispatch!(self.inner(), h => unsafe { h.alloc(layout) })
     }
 
     /// Allocates a zeroed block for `layout`; null when memory is exhausted.
@@ -621,7 +788,7 @@ impl Allocator {
     #[inline]
     pub unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded contract.
-        dispatch!(&self.inner, h => unsafe { h.alloc_zeroed(layout) })
+        dispatch!(self.inner(), h => unsafe { h.alloc_zeroed(layout) })
     }
 
     /// Bytes usable at `ptr`: the block size for our blocks (the requested size in debug mode),
@@ -633,7 +800,7 @@ impl Allocator {
     /// `ptr` must be live and come from this heap (or the C library's allocator).
     pub unsafe fn usable_size(&self, ptr: *const u8) -> usize {
         // SAFETY: forwarded contract.
-        dispatch!(&self.inner, h => unsafe { h.usable_size(ptr) })
+        dispatch!(self.inner(), h => unsafe { h.usable_size(ptr) })
     }
 
     /// Resizes `ptr` to `new_size` bytes, following pymalloc: a block of ours stays in place
@@ -651,7 +818,7 @@ impl Allocator {
     /// pass any size in `layout`.
     pub unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: forwarded contract.
-        dispatch!(&self.inner, h => unsafe { h.realloc(ptr, layout, new_size) })
+        dispatch!(self.inner(), h => unsafe { h.realloc(ptr, layout, new_size) })
     }
 
     /// Frees `ptr`, routed by the arena map: blocks of our pools go back to their pool, any
@@ -665,7 +832,7 @@ impl Allocator {
     #[inline]
     pub unsafe fn free(&self, ptr: *mut u8) {
         // SAFETY: forwarded contract.
-        dispatch!(&self.inner, h => unsafe { h.free(ptr) })
+        dispatch!(self.inner(), h => unsafe { h.free(ptr) })
     }
 
     /// Frees `ptr` and returns true when it lies inside this heap's arenas (with the checks
@@ -678,7 +845,7 @@ impl Allocator {
     #[inline(always)]
     pub unsafe fn free_owned(&self, ptr: *mut u8) -> bool {
         // SAFETY: forwarded contract.
-        dispatch!(&self.inner, h => unsafe { h.free_owned(ptr) })
+        dispatch!(self.inner(), h => unsafe { h.free_owned(ptr) })
     }
 
     /// Frees a block allocated with `layout` (routed by the arena map, as [`free`](Self::free)).
@@ -688,7 +855,7 @@ impl Allocator {
     #[inline]
     pub unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
         // SAFETY: forwarded contract.
-        dispatch!(&self.inner, h => unsafe { h.free(ptr) })
+        dispatch!(self.inner(), h => unsafe { h.free(ptr) })
     }
 
     /// A snapshot of the heap. In GIL mode it is taken under the lock, without allocating.
@@ -699,7 +866,7 @@ impl Allocator {
     /// other threads' batches (at most `8 * 32` blocks each, see
     /// [`ThreadCache::flush`]) count as in use until published.
     pub fn stats(&self) -> Stats {
-        dispatch!(&self.inner, h => h.stats())
+        dispatch!(self.inner(), h => h.stats())
     }
 
     /// Gives memory back now. In free-threaded mode: the calling thread's own cache publishes
@@ -711,7 +878,7 @@ impl Allocator {
     /// so there it does nothing. Returns the number of pools returned to arenas.
     /// Lock-free; safe to call at any time from any thread.
     pub fn trim(&self) -> usize {
-        dispatch!(&self.inner, h => h.front.trim(&h.arenas))
+        dispatch!(self.inner(), h => h.front.trim(&h.arenas))
     }
 
     /// An explicit thread cache: a handle that owns pools of this heap, for one thread at a
@@ -720,72 +887,16 @@ impl Allocator {
     ///
     /// Returns `None` when the heap's cache table is full.
     pub fn thread_cache(&self) -> Option<ThreadCache<'_>> {
-        let local = match &self.inner {
+        let local = match self.inner() {
             Inner::Gil(h) => Local::Gil(h, h.front.new_local()?),
             Inner::Ft(h) => Local::Ft(h, h.front.new_local()?),
         };
         Some(ThreadCache { heap: self, local })
     }
 
-    /// Marks this heap as the process-wide one (its thread caches are abandoned at thread
-    /// exit, so they may batch remote frees; see `ft`).
-    pub(crate) fn set_process_heap(&mut self) {
-        dispatch!(&mut self.inner, h => h.front.set_process_heap())
-    }
-
-    /// `pthread_atfork` prepare handler of the process-wide heap: GIL mode takes its lock
-    /// (`gil`, the fork protocol); free-threaded mode has nothing to hold.
-    pub(crate) fn fork_prepare(&self) {
-        dispatch!(&self.inner, h => h.front.fork_prepare(&h.arenas))
-    }
-
-    /// `pthread_atfork` parent handler: releases what the prepare handler took.
-    pub(crate) fn fork_parent(&self) {
-        dispatch!(&self.inner, h => h.front.fork_parent(&h.arenas))
-    }
-
-    /// `pthread_atfork` child handler: releases what the prepare handler took; free-threaded
-    /// mode repairs what the parent's other threads left in flight (`ft`, `after_fork`).
-    pub(crate) fn fork_child(&self) {
-        dispatch!(&self.inner, h => h.front.fork_child(&h.arenas))
-    }
-
-    /// Thread `tid` is exiting (the process-wide heap's thread-exit hook, see
-    /// [`set_thread_exit_hook`]).
-    #[cfg(not(loom))]
-    pub(crate) fn thread_exit(&self, tid: usize) {
-        dispatch!(&self.inner, h => h.front.thread_exit(tid, &h.arenas))
-    }
-
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) {
-        dispatch!(&self.inner, h => h.front.check_invariants(&h.arenas))
-    }
-
-    /// The GIL-mode heap inside.
-    ///
-    /// # Safety
-    /// The mode is [`Mode::Gil`].
-    #[inline(always)]
-    pub(crate) unsafe fn as_gil_unchecked(&self) -> &Heap<GilHeap> {
-        match &self.inner {
-            Inner::Gil(h) => h,
-            // SAFETY: the contract.
-            Inner::Ft(_) => unsafe { core::hint::unreachable_unchecked() },
-        }
-    }
-
-    /// The free-threaded heap inside.
-    ///
-    /// # Safety
-    /// The mode is [`Mode::FreeThreaded`].
-    #[inline(always)]
-    pub(crate) unsafe fn as_ft_unchecked(&self) -> &Heap<FtHeap> {
-        match &self.inner {
-            Inner::Ft(h) => h,
-            // SAFETY: the contract.
-            Inner::Gil(_) => unsafe { core::hint::unreachable_unchecked() },
-        }
+        dispatch!(self.inner(), h => h.front.check_invariants(&h.arenas))
     }
 }
 
@@ -928,13 +1039,6 @@ impl SerializedAllocator {
     pub unsafe fn stats(&self) -> Stats {
         self.heap.stats()
     }
-}
-
-/// Installs the function the free-threaded thread registry calls with an exiting thread's index
-/// (the process shell installs one that reaches the process-wide heap).
-#[cfg(not(loom))]
-pub(crate) fn set_thread_exit_hook(hook: fn(usize)) {
-    crate::ft::set_thread_exit_hook(hook);
 }
 
 /// A handle's heap and its state in that heap's front-end.

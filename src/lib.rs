@@ -42,6 +42,8 @@ mod ft;
 mod gil;
 mod global;
 mod heap;
+#[cfg(not(loom))]
+mod heaps;
 mod layout;
 
 pub use base::diag;

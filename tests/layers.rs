@@ -3,7 +3,8 @@
 //!
 //! From the bottom: `base` (sync facade, stack, list, diag, env, os), `layout` (size classes,
 //! geometry, pool, arena map, the allocator underneath, debug format, stats, the `Front`
-//! seam), then the two front-ends `gil` and `ft` side by side, the facade `heap`, the process
+//! seam), then the two front-ends `gil` and `ft` side by side, the facade `heap` with the
+//! registry of live heaps `heaps`, the process
 //! shell `global`, and the crate root (`lib.rs`, with the unit tests `src/tests.rs`).
 //!
 //! Every `crate::` path in code (comments and doc comments are skipped: a doc link upward is
@@ -19,7 +20,9 @@ fn rank(module: &str) -> Option<u32> {
         "base" => 0,
         "layout" => 1,
         "gil" | "ft" => 2,
-        "heap" => 3,
+        // The facade and the registry of live heaps it enters each heap in (which calls back
+        // into the heaps it holds): one layer.
+        "heap" | "heaps" => 3,
         "global" => 4,
         "lib" | "tests" => 5,
         _ => return None,

@@ -7,6 +7,9 @@
 //! - `src/global.rs` (the process shell): its one-time start-up makes concurrent first callers
 //!   of the process-wide heap wait (`yield_now`) while one thread maps the heap's tables. After
 //!   that, its per-call path is one `Acquire` load and a compare.
+//! - `src/heaps.rs` (the registry of live heaps): its lock is taken only when a heap is created
+//!   or dropped and by `fork`'s handlers, and a drop waits (`yield_now`) for thread-exit walks
+//!   inside the heap; no allocation or free reaches it (the thread-exit walk takes no lock).
 //!
 //! So the facade's dispatch (`src/heap.rs`), the layout, the base building blocks and the whole
 //! `src/ft/` folder are read. The list is found by walking `src/`, so a new file is checked
@@ -15,7 +18,7 @@
 mod source;
 
 /// Paths (relative to the crate root) not on the free-threaded path.
-const NOT_ON_THE_PATH: &[&str] = &["src/gil/", "src/global.rs"];
+const NOT_ON_THE_PATH: &[&str] = &["src/gil/", "src/global.rs", "src/heaps.rs"];
 
 fn free_threaded_path() -> Vec<(String, String)> {
     source::files()

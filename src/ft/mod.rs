@@ -13,13 +13,13 @@
 //!   thread binds to it, and again from its exit): that heap's fast paths read only this word.
 //! - A `pthread_key` destructor, registered on the slow path, runs at thread exit: it turns the
 //!   memo to `DEAD` (later allocations of the dying thread take a cache-less path: a temporary
-//!   cache, abandoned after one block), abandons the thread's cache of the process-wide heap
-//!   ([`FtMalloc`](crate::FtMalloc)), and frees the `tid`. Caches of
-//!   other heap instances stay bound to the `tid` and are inherited by the next thread that
-//!   gets it (as sharded-slab's shards are), so their pools are never stranded.
+//!   cache, abandoned after one block), calls the exit hook, which walks the registry of live
+//!   heaps (`heaps`) and abandons the thread's cache of every free-threaded heap, the
+//!   process-wide one ([`FtMalloc`](crate::FtMalloc)) and instances alike, and frees the `tid`.
 //! - Frees of the process-wide heap bind a thread that has no cache yet (its remote frees are
 //!   then batched, and flushed at its exit); frees of other instances never bind (their
-//!   thread caches have no exit hook, so they publish each remote free at once).
+//!   thread caches publish each remote free at once, as they did when only the process-wide
+//!   heap's caches were handed back at thread exit).
 //!
 //! Nothing on the exit path allocates through ftmalloc (see the `exit` module).
 
@@ -179,8 +179,8 @@ mod memo {
     }
 }
 
-/// The process shell's thread-exit hook (a `fn(usize)`, 0 while none is set): called with the
-/// exiting thread's index, it reaches the process-wide heap, which this module does not know.
+/// The thread-exit hook (a `fn(usize)`, 0 while none is set): called with the exiting thread's
+/// index, it walks the registry of live heaps (`heaps`), which this module does not know.
 #[cfg(not(loom))]
 static EXIT_HOOK: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
 
@@ -191,7 +191,7 @@ pub(crate) fn set_thread_exit_hook(hook: fn(usize)) {
 }
 
 /// Thread `tid` is exiting (called by the registry's destructor): later allocations of this
-/// thread take the cache-less path, and the hook abandons its cache of the process-wide heap.
+/// thread take the cache-less path, and the hook abandons its cache of every live heap.
 #[cfg(not(loom))]
 fn thread_exiting(tid: usize) {
     memo::set(Memo {
@@ -482,7 +482,7 @@ impl FtHeap {
         self.central.after_fork(cx.map);
     }
 
-    /// Abandons the cache bound to `tid`, if any (thread exit of the process-wide heap).
+    /// Abandons the cache bound to `tid`, if any (thread exit).
     #[cfg_attr(loom, allow(dead_code))]
     fn abandon_tid(&self, tid: usize, cx: &Ctx<'_>) {
         // SAFETY: tid < MAX_THREADS and is held by the exiting thread.

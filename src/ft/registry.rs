@@ -3,7 +3,7 @@
 //! Every thread that binds to a free-threaded heap gets a small index (`tid`, below
 //! `MAX_THREADS`, reused after the thread exits) from a bitmap, and a `pthread_key` destructor
 //! that runs at its exit: it calls [`super::thread_exiting`] (which marks the thread's memo dead
-//! and abandons its cache of the process-wide heap through the exit hook) and frees the index.
+//! and, through the exit hook, abandons its cache of every live heap) and frees the index.
 //!
 //! The destructor is a `pthread_key` destructor, not a Rust thread-local with `Drop`: registering
 //! a Rust TLS destructor goes through `__cxa_thread_atexit_impl`, which calls `calloc`, and in the
@@ -11,6 +11,13 @@
 //! binds, which in practice is early in the process, so it gets a low index and
 //! `pthread_setspecific` needs no memory (glibc allocates only for keys >= 32). If it ever did,
 //! the nested allocation would find the memo in the `BINDING` state and take the cache-less path.
+//!
+//! The destructor is code of this library, and a library can be `dlclose`d while threads that
+//! registered the key still run (a plugin that used a heap instance once): glibc would then call
+//! an unmapped address at their exit. So when the key is created, the object that holds the
+//! destructor is pinned (`pin_code`: `dladdr` on the destructor, then `dlopen` of that object
+//! with `RTLD_NOLOAD | RTLD_NODELETE`): a later `dlclose` leaves it mapped, and with it the
+//! `pthread_atfork` handlers and the statics the destructor reads. The key is never deleted.
 //!
 //! Orderings: an index is taken with an `Acquire` compare-exchange and freed with a `Release`
 //! `fetch_and`, so the next holder of an index sees every write its previous holder made to the
@@ -65,13 +72,44 @@ fn key() -> Option<libc::pthread_key_t> {
         return None;
     }
     match KEY.compare_exchange(0, new as usize + 1, Ordering::AcqRel, Ordering::Acquire) {
-        Ok(_) => Some(new),
+        Ok(_) => {
+            // Miri has no dynamic loader to ask (nor a `dlclose` to survive).
+            if !cfg!(miri) {
+                pin_code();
+            }
+            Some(new)
+        }
         Err(winner) => {
             // SAFETY: our key was never used.
             unsafe { libc::pthread_key_delete(new) };
             Some((winner - 1) as libc::pthread_key_t)
         }
     }
+}
+
+/// Keeps the object (executable or shared library) that holds [`on_exit`] mapped for the rest
+/// of the process: `dlopen` with `RTLD_NOLOAD | RTLD_NODELETE` of the file `dladdr` names. For
+/// the main executable, or when the object cannot be found, it does nothing (nothing unloads
+/// the executable). Called once, by the thread that created the key; `dlopen` may allocate
+/// (in the drop-in library, through this allocator: the calling thread is binding, so its
+/// nested calls take the cache-less path).
+fn pin_code() {
+    // SAFETY: all-zero bytes are a valid `Dl_info` (null pointers).
+    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+    let addr = on_exit as unsafe extern "C" fn(*mut libc::c_void) as *const libc::c_void;
+    // SAFETY: `info` is a valid out-pointer; any address may be asked about.
+    if unsafe { libc::dladdr(addr, &mut info) } == 0 || info.dli_fname.is_null() {
+        return;
+    }
+    // SAFETY: `dli_fname` is a NUL-terminated path owned by the loader, valid while the object
+    // is loaded (it is: it holds this code). NOLOAD loads nothing new; the handle is kept (one
+    // reference, never closed), and NODELETE makes the object permanent anyway.
+    let _ = unsafe {
+        libc::dlopen(
+            info.dli_fname,
+            libc::RTLD_NOW | libc::RTLD_NOLOAD | libc::RTLD_NODELETE,
+        )
+    };
 }
 
 unsafe extern "C" fn on_exit(value: *mut libc::c_void) {

@@ -141,7 +141,8 @@ std::thread_local! {
     /// at worst waits its `STALL_MS` once more.)
     static GAVE_UP_AT: core::cell::Cell<u32> = const { core::cell::Cell::new(0) };
     /// This thread's forks in progress (nesting depth, from a signal handler during `fork`) and
-    /// one bit per depth: whether that level's prepare handler took the lock.
+    /// one bit per depth: whether that level takes the locks (`fork_begin`). One level per
+    /// fork, shared by every GIL-mode heap the registry of heaps walks.
     static FORK_LEVELS: core::cell::Cell<(u32, u64)> = const { core::cell::Cell::new((0, 0)) };
 }
 
@@ -444,65 +445,78 @@ impl<const SERIAL: bool> GilHeap<SERIAL> {
         }
     }
 
-    /// `pthread_atfork` prepare handler (protocol steps 1 and 5). Several threads may fork at
-    /// once (glibc runs their prepare handlers concurrently): each counts itself in `state`, and
-    /// they take the lock one after the other.
+    /// `pthread_atfork` prepare handler (protocol steps 1 and 5), inside the fork level that
+    /// [`fork_begin`] opened. Several threads may fork at once (glibc runs their prepare
+    /// handlers concurrently): each counts itself in `state`, and they take the lock one after
+    /// the other.
     pub(crate) fn lock_for_fork(&self, map: &ArenaMap) {
-        let (depth, held) = FORK_LEVELS.with(|l| l.get());
         self.state.fetch_add(FORK_ONE, Ordering::SeqCst);
-        // SAFETY: a byte glibc exports; it only goes from non-zero to zero, when a second
-        // thread is created, which cannot happen while this thread runs the prepare handler
-        // of a single-threaded process.
-        let single = unsafe { ptr::read_volatile(&raw const __libc_single_threaded) } != 0;
-        let mut took = false;
-        if !single {
+        if current_level_takes() {
             // Sleepers re-check and fall back instead of waiting (step 2).
             futex_wake(&self.state, i32::MAX);
             core::mem::forget(self.lock_wait(map));
-            took = true;
         }
-        let bit = u64::from(took) << (depth % 64);
-        FORK_LEVELS.with(|l| l.set((depth + 1, held | bit)));
     }
 
-    /// `pthread_atfork` parent handler (protocol step 4).
+    /// `pthread_atfork` parent handler (protocol step 4), before [`fork_end`].
     pub(crate) fn unlock_in_parent(&self, map: &ArenaMap) {
-        let took = self.pop_fork_level();
         self.state.fetch_sub(FORK_ONE, Ordering::SeqCst);
-        if took {
+        if current_level_takes() {
             // Releases the lock the prepare handler took, draining deferred frees.
             drop(GilGuard { heap: self, map });
         }
     }
 
-    /// `pthread_atfork` child handler (protocol step 4). The child's only thread is the one
-    /// that forked: forks in progress in other threads of the parent, and their sleepers,
-    /// are gone.
+    /// `pthread_atfork` child handler (protocol step 4), before [`fork_end`]. The child's only
+    /// thread is the one that forked: forks in progress in other threads of the parent, and
+    /// their sleepers, are gone; this thread's outer levels (a fork from a signal handler
+    /// during `fork`) still count.
     pub(crate) fn unlock_in_child(&self, map: &ArenaMap) {
-        let took = self.pop_fork_level();
         let (depth, _) = FORK_LEVELS.with(|l| l.get());
+        let outer = depth.saturating_sub(1);
         let s = self.state.load(Ordering::Relaxed);
         self.state.store(
-            (s & (LOCKED | DEFERRED)) | (depth * FORK_ONE),
+            (s & (LOCKED | DEFERRED)) | (outer * FORK_ONE),
             Ordering::Relaxed,
         );
         // The state lost WAITERS, so the release below may take the fast one, which would
         // leave this thread named as the holder.
         self.holder.store(0, Ordering::Relaxed);
-        if took {
+        if current_level_takes() {
             drop(GilGuard { heap: self, map });
         }
     }
+}
 
-    /// Ends this thread's innermost fork level; true if its prepare handler took the lock.
-    fn pop_fork_level(&self) -> bool {
-        let (depth, held) = FORK_LEVELS.with(|l| l.get());
-        debug_assert!(depth > 0, "fork handler without prepare");
-        let depth = depth.saturating_sub(1);
-        let bit = 1u64 << (depth % 64);
-        FORK_LEVELS.with(|l| l.set((depth, held & !bit)));
-        held & bit != 0
-    }
+/// Opens a fork level of the calling thread (the registry of heaps calls it once per `fork`,
+/// before the prepare handlers of all heaps): whether this fork takes the GIL-mode locks
+/// (protocol step 5: not in a single-threaded process) is decided once, for every heap.
+#[cfg_attr(loom, allow(dead_code))]
+pub(crate) fn fork_begin() {
+    let (depth, held) = FORK_LEVELS.with(|l| l.get());
+    // SAFETY: a byte glibc exports; it only goes from non-zero to zero, when a second
+    // thread is created, which cannot happen while this thread runs the prepare handler
+    // of a single-threaded process.
+    let single = unsafe { ptr::read_volatile(&raw const __libc_single_threaded) } != 0;
+    let bit = u64::from(!single) << (depth % 64);
+    FORK_LEVELS.with(|l| l.set((depth + 1, held | bit)));
+}
+
+/// Closes the calling thread's innermost fork level (after the parent or child handlers of
+/// all heaps).
+#[cfg_attr(loom, allow(dead_code))]
+pub(crate) fn fork_end() {
+    let (depth, held) = FORK_LEVELS.with(|l| l.get());
+    debug_assert!(depth > 0, "fork handler without prepare");
+    let depth = depth.saturating_sub(1);
+    let bit = 1u64 << (depth % 64);
+    FORK_LEVELS.with(|l| l.set((depth, held & !bit)));
+}
+
+/// Whether the calling thread's innermost fork level takes the locks (see [`fork_begin`]).
+fn current_level_takes() -> bool {
+    let (depth, held) = FORK_LEVELS.with(|l| l.get());
+    depth > 0 && held & (1u64 << ((depth - 1) % 64)) != 0
 }
 
 /// The calling thread, for [`GilHeap::holder`] (`pthread_self`: a read of the thread

@@ -194,7 +194,7 @@ pub(crate) trait Front: Sized {
     /// Marks this front-end as the process-wide heap's (before any thread uses it).
     fn set_process_heap(&mut self);
 
-    /// `pthread_atfork` prepare handler of the process-wide heap.
+    /// `pthread_atfork` prepare handler of a heap (every live heap's, walked by `heaps`).
     fn fork_prepare(&self, arenas: &Arenas);
     /// `pthread_atfork` parent handler.
     fn fork_parent(&self, arenas: &Arenas);
