@@ -13,6 +13,10 @@ registry src/ft/registry.rs and the exit hook, which need pthread keys) are list
 Usage (from the repository root; restores every file it touches, also on Ctrl-C):
     .ci/mutants.py [--preemptions N] [--only SUBSTRING] [--markdown FILE] [--list]
 
+The output (and the --markdown file) starts with a line naming the run: date, commit, cores and
+load average (.ci/provenance), taken before any file is mutated, so a result kept in
+papers/results/ is dated and tied to a commit.
+
 A model that runs past --timeout seconds counts as killing the mutant (a hang is a failure).
 Each mutant rebuilds the loom test binary (incremental, about half a minute on 2 cores); the
 whole run takes about an hour with --preemptions 1 and longer with 2.
@@ -116,6 +120,15 @@ def run_models(exe, preemptions, timeout):
     return None, ""
 
 
+def provenance():
+    """The run's header: date, commit, cores, load average (.ci/provenance), or why not."""
+    r = subprocess.run([os.path.join(ROOT, ".ci", "provenance")], cwd=ROOT, capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        sys.exit(f"mutants: .ci/provenance failed: {r.stderr.strip()}")
+    return r.stdout.strip()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preemptions", type=int, default=1)
@@ -136,6 +149,9 @@ def main():
         for m in ms:
             print(f"{m[0]:28} {m[4]:24} {'' if m[7] else '(not modelled) '}{m[3]}")
         return 0
+    header = (f"# .ci/mutants.py run: {provenance()}; --preemptions {args.preemptions} "
+              f"--timeout {args.timeout}" + (f" --only {args.only!r}" if args.only else ""))
+    print(header, flush=True)
     rows = []
     t0 = time.time()
     for (mid, f, n, src, kind, old, new, modelled) in ms:
@@ -162,8 +178,7 @@ def main():
           f"(LOOM_MAX_PREEMPTIONS={args.preemptions}, {time.time() - t0:.0f} s)")
     if args.markdown:
         with open(args.markdown, "w") as out:
-            out.write(f"<!-- .ci/mutants.py --preemptions {args.preemptions}; "
-                      f"{time.strftime('%Y-%m-%d')} -->\n")
+            out.write(f"<!-- {header[2:]} -->\n")
             out.write("| mutant | weakening | source | verdict | first failure |\n"
                       "|---|---|---|---|---|\n")
             for mid, kind, src, verdict, why in rows:

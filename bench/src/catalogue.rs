@@ -18,6 +18,8 @@ pub struct Workload {
     pub describe: &'static str,
     /// The classic benchmark it follows.
     pub classic: &'static str,
+    /// What the thread count N of a cell (`--threads`) counts: the plots' x-axis label.
+    pub threads: &'static str,
     /// Runs it on a heap; returns the operations done and the measured time.
     pub run: fn(&Heap, &Params) -> Outcome,
 }
@@ -28,12 +30,14 @@ pub static WORKLOADS: &[Workload] = &[
         name: "pairs",
         describe: "each thread allocates and immediately frees, random sizes 1..=512",
         classic: "the malloc/free pair microbenchmark (the allocator's fast path)",
+        threads: "N = worker threads",
         run: |h, p| with_heap!(h, a => pairs(a, p)),
     },
     Workload {
         name: "threadtest",
         describe: "each thread allocates a batch of 1000 blocks (1..=512 B), then frees them all",
         classic: "Hoard's threadtest (Berger et al., ASPLOS 2000)",
+        threads: "N = worker threads",
         run: |h, p| with_heap!(h, a => threadtest(a, p)),
     },
     Workload {
@@ -41,6 +45,7 @@ pub static WORKLOADS: &[Workload] = &[
         describe: "each thread replaces random blocks of a 1000-slot array; \
                    arrays pass to new threads 10 times, so blocks die on other threads",
         classic: "Larson & Krishnan's server benchmark (ISMM 1998)",
+        threads: "N = worker threads",
         run: |h, p| with_heap!(h, a => larson(a, p)),
     },
     Workload {
@@ -48,6 +53,7 @@ pub static WORKLOADS: &[Workload] = &[
         describe: "N producer threads allocate (1..=512 B), N consumer threads free, \
                    batches of 256 through channels: every free is remote",
         classic: "xmalloc-test (Lever & Boreham, 2000)",
+        threads: "N = producer threads (plus N consumer threads: 2N threads in all)",
         run: |h, p| with_heap!(h, a => xmalloc(a, p)),
     },
     Workload {
@@ -55,6 +61,7 @@ pub static WORKLOADS: &[Workload] = &[
         describe: "the main thread allocates one 8-byte object per thread; each thread frees \
                    it, then allocates 8 B, writes it 64 times, frees, repeatedly",
         classic: "Hoard's cache-scratch (passive false sharing)",
+        threads: "N = worker threads (plus the main thread, which allocates their first objects)",
         run: |h, p| with_heap!(h, a => cache_scratch(a, p)),
     },
     Workload {
@@ -62,6 +69,7 @@ pub static WORKLOADS: &[Workload] = &[
         describe: "replays a recorded CPython allocation trace (bench/pytrace): sizes, lifetimes \
                    and the thread that frees each object, trace threads spread over N threads",
         classic: "trace-driven replay of a real CPython run (PYTHONMALLOC=malloc)",
+        threads: "N = replaying threads (the trace's threads spread over them)",
         run: |h, p| with_heap!(h, a => pytrace(a, p)),
     },
     Workload {
@@ -69,6 +77,7 @@ pub static WORKLOADS: &[Workload] = &[
         describe: "cycles of 64Ki blocks of 1..=256 B, 90% freed scattered, then 32Ki blocks of \
                    257..=512 B; watch peak and retained RSS",
         classic: "the fragmentation pattern of long-running CPython (survivors pin pools)",
+        threads: "N = worker threads",
         run: |h, p| with_heap!(h, a => fragmentation(a, p)),
     },
 ];

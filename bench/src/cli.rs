@@ -64,6 +64,12 @@ pub struct Cli {
     #[arg(long)]
     pub list: bool,
 
+    /// Measure nothing: redraw the SVG plots of the report folder DIR from its results.csv
+    /// (with the date and machine of its report.md), then exit
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["workloads", "allocators", "threads",
+          "ops", "seconds", "csv", "list"])]
+    pub replot: Option<PathBuf>,
+
     #[command(subcommand)]
     pub child: Option<Child>,
 }

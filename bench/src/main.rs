@@ -42,6 +42,9 @@ fn main() -> ExitCode {
             },
         );
     }
+    if let Some(dir) = &cli.replot {
+        return suite::replot(dir);
+    }
     if cli.list {
         print!("{}", cli::listing());
         return ExitCode::SUCCESS;

@@ -2,14 +2,16 @@
 //! progress bar, then prints the table or CSV and each mode's heap statistics, and writes the
 //! report folder (results.csv, table.txt, report.md, one SVG plot per workload).
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use ftmalloc_bench::catalogue::WORKLOADS;
 use ftmalloc_bench::child;
 use ftmalloc_bench::procfs;
-use ftmalloc_bench::report::{self, Row, Sample};
+use ftmalloc_bench::report::{self, Provenance, Row, Sample};
 use ftmalloc_bench::timing::Budget;
 
 use crate::cli::{Cli, Plan};
@@ -154,9 +156,18 @@ fn write_report(
         Budget::Time(d) => format!("{} s per cell", d.as_secs_f64()),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let run = Provenance {
+        date: report::utc_now(),
+        machine: format!(
+            "{} CPUs ({}), {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            procfs::cpu_model(),
+            std::env::consts::ARCH
+        ),
+    };
     let intro = format!(
         "# ftmalloc comparison report\n\n\
-         - date: {}\n- machine: {} CPUs ({}), {}\n- command: `ftmalloc-bench{}`\n\
+         - date: {}\n- machine: {}\n- command: `ftmalloc-bench{}`\n\
          - budget: {budget}; median of {} run(s); suite wall time {:.1} s\n\
          - allocators: {}\n\n\
          Mops/s: million operations per second, all threads together (an operation is one \
@@ -166,10 +177,8 @@ fn write_report(
          RSS*: its resident set after the workload freed everything and its threads \
          exited. Each cell ran in its own process. Absolute numbers depend on the machine; \
          compare ratios from one run.\n",
-        report::utc_now(),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        procfs::cpu_model(),
-        std::env::consts::ARCH,
+        run.date,
+        run.machine,
         args.iter().map(|a| format!(" {a}")).collect::<String>(),
         plan.repeat,
         wall.as_secs_f64(),
@@ -184,7 +193,41 @@ fn write_report(
         report::markdown(rows, &plan.workloads, &intro),
     )?;
     for w in &plan.workloads {
-        report::plot(&cli.out, rows, w)?;
+        report::plot(&cli.out, rows, w, &run)?;
     }
     Ok(())
+}
+
+/// `--replot DIR`: redraws the SVG plots of a report folder from its `results.csv`, with the
+/// date and machine of its `report.md`; measures nothing. Errors name the file and the fault.
+pub fn replot(dir: &Path) -> ExitCode {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let result = (|| -> Result<usize, String> {
+        let rows = report::parse_csv(&read("results.csv")?)
+            .map_err(|e| format!("{}: {e}", dir.join("results.csv").display()))?;
+        let run = Provenance::from_report(&read("report.md")?)
+            .map_err(|e| format!("{}: {e}", dir.join("report.md").display()))?;
+        let mut plotted = 0;
+        for w in WORKLOADS
+            .iter()
+            .filter(|w| rows.iter().any(|r| r.workload == w.name))
+        {
+            report::plot(dir, &rows, w, &run).map_err(|e| format!("plotting {}: {e}", w.name))?;
+            plotted += 1;
+        }
+        Ok(plotted)
+    })();
+    match result {
+        Ok(n) => {
+            eprintln!("replot: {n} plots written to {}", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
