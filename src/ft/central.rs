@@ -41,9 +41,11 @@
 //!    reads a header of the new arena before its claimer wrote it and set the bit), then
 //!    publishes `free = ALL` minus the pool it keeps (release): claimers that win a bit see
 //!    `base`. A header is written once per `inited` bit, and a reader reads it only after
-//!    acquiring the bit; header fields a reader may read are written with atomic stores, so a
-//!    purge and re-initialisation racing a reader that loaded the bit earlier is no data race
-//!    (the reader's numbers are approximate then, never undefined).
+//!    acquiring the bit. Pins do not stop a purge and a new claim of a pool (steps 6 and 1), so
+//!    a reader may hold a stale bit while the header is written afresh: every header field a
+//!    reader may read is written with an atomic store, on every initialisation
+//!    ([`PoolHeader::init_fresh`]), so that is no data race (the reader's numbers are
+//!    approximate then, never undefined; loom model (u)).
 //!
 //! 6. **Purge** gives a free pool's pages back to the OS (`madvise(MADV_DONTNEED)`, see
 //!    [`os::purge`]) without a new state: the purger *claims* the pools it purges exactly as
