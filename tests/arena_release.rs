@@ -249,6 +249,9 @@ fn free_pools_are_purged_after_the_decay() {
         let s = a.stats();
         assert!(s.dirty_pools >= 100, "round {round}: {s}");
         assert!(s.counters.current >= 3, "round {round}: {s}");
+        // Pools purged before this round's trigger (round 0's, in round 1): each round must
+        // purge its own (issue 26: a total would let round 1 pass on round 0's purges alone).
+        let purged_before = s.pools_purged;
         if round == 0 {
             // Decay: two passes (a pool is purged after it stayed free for a whole interval),
             // each run by an allocation slow path once the interval has passed.
@@ -266,13 +269,20 @@ fn free_pools_are_purged_after_the_decay() {
         }
         let purged = rss();
         let s = a.stats();
-        println!("round {round}: RSS {full} (full) -> {freed} (freed) -> {purged} (purged)");
+        let purged_now = s.pools_purged - purged_before;
+        println!(
+            "round {round}: RSS {full} (full) -> {freed} (freed) -> {purged} (purged); \
+             {purged_now} pools purged by the round's trigger"
+        );
         // A trigger's own sweep may return a pool or two just before its pass (they age next).
         assert!(
             s.dirty_pools <= 4,
             "round {round}: free pools still resident:\n{s}"
         );
-        assert!(s.pools_purged >= 150, "round {round}: {s}");
+        assert!(
+            purged_now >= 150,
+            "round {round}: only {purged_now} pools purged by the round's trigger:\n{s}"
+        );
         assert!(
             freed.saturating_sub(purged) >= 2 << 20,
             "round {round}: RSS {full} (full) -> {freed} (freed) -> {purged} (purged): less than \

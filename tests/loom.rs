@@ -1126,3 +1126,58 @@ fn release_undone_by_a_pin_vs_claim() {
         drain(&a, live, l);
     });
 }
+
+/// (u) A statistics walk races a purge, a new claim and a fresh header of one pool (issue 21,
+/// defect 1): the walk loads the arena's `inited` and `free` bits while the pool is claimed and
+/// initialised, then reads its header (`shared.owner`, `shared.remote`) while its owner frees
+/// its block and drops its cache (the pool returns to its arena), `trim` purges it (clearing
+/// its `inited` bit) and a new cache's claim writes its header again
+/// (`PoolHeader::init_fresh`). The walk's bit is stale then, so every field it reads
+/// must be written with an atomic store: the racy reads are recorded on the fields' shadow
+/// cells, and a plain write of the shared line (as `init_fresh` did before the fix) is reported
+/// as a causality violation.
+#[test]
+fn stats_vs_purge_and_reinit() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // The new claim must re-initialise the purged pool, or the model proves nothing.
+    static REINIT: AtomicUsize = AtomicUsize::new(0);
+    model("u: stats vs purge and re-initialisation", || {
+        let (a, l) = tiny_heap();
+        // Pool 0 of the first arena: claimed, its header written, one live block.
+        // SAFETY: `a`, moved into the worker, outlives the handle.
+        let mut w = unsafe { detached_handle(&a) };
+        // SAFETY: fresh block.
+        let p = unsafe { w.alloc(l) } as usize;
+        let purged = a.stats().pools_purged;
+        let a1 = a.clone();
+        let reader = spawn(move || {
+            let s = a1.stats();
+            assert!(s.blocks_in_use() <= 1, "{s}");
+        });
+        let a2 = a.clone();
+        let worker = spawn(move || {
+            // SAFETY: freed once, by its owner: the pool is empty.
+            unsafe { w.free(p as *mut u8) };
+            // The handle's drop returns the empty pool to its arena; `trim` purges it (clears
+            // its `inited` bit).
+            drop(w);
+            a2.trim();
+            // A new cache claims the lowest free pool: the purged one, given a fresh header.
+            let mut n = a2.thread_cache().unwrap();
+            // SAFETY: fresh block, freed at once.
+            let again = unsafe {
+                let q = n.alloc(l);
+                n.free(q);
+                a2.geometry().pool_of(q as usize) == a2.geometry().pool_of(p)
+            };
+            drop(n);
+            again
+        });
+        reader.join().unwrap();
+        if worker.join().unwrap() && a.stats().pools_purged > purged {
+            REINIT.fetch_add(1, Ordering::Relaxed);
+        }
+        drain(&a, Vec::new(), l);
+    });
+    assert_outcomes(&[(&REINIT, "re-initialised the purged pool")]);
+}

@@ -1,6 +1,7 @@
 //! The free-threaded path takes no lock: its modules mention no `Mutex`, `RwLock`, `Condvar`,
-//! `Once`-style blocking primitive, spin lock or wait for another thread (`Backoff::snooze`,
-//! `yield_now`, `sleep`).
+//! `Once`-style blocking primitive (`Once`, `OnceLock`, `LazyLock`, `call_once`, `get_or_init`),
+//! spin lock or wait for another thread (`Backoff::snooze`, `yield_now`, `sleep`). Code is
+//! read before any `//` comment, under every `cfg` (a Miri-only or loom-only line counts too).
 //!
 //! "Its modules" is every file under `src/` except the two that are not on it:
 //! - `src/gil/` (GIL mode: its lock is the point);
@@ -45,8 +46,27 @@ fn forbidden_in(line: &str) -> Option<&'static str> {
         "parking_lot",
         "futex",
     ];
+    // One-time initialisation that blocks: a second caller of `Once::call_once`,
+    // `OnceLock::get_or_init` or a `LazyLock`'s first deref waits for the first, as on a lock.
+    // Whole identifiers, so that `FnOnce` (a closure bound) is not one.
+    const FORBIDDEN_NAMES: &[&str] = &[
+        "Once",
+        "OnceLock",
+        "LazyLock",
+        "call_once",
+        "call_once_force",
+        "get_or_init",
+        "get_or_try_init",
+    ];
     let code = line.split("//").next().unwrap_or("");
-    FORBIDDEN.iter().copied().find(|w| code.contains(w))
+    FORBIDDEN
+        .iter()
+        .copied()
+        .find(|w| code.contains(w))
+        .or_else(|| {
+            code.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .find_map(|id| FORBIDDEN_NAMES.iter().copied().find(|w| *w == id))
+        })
 }
 
 #[test]
@@ -95,4 +115,21 @@ fn the_check_sees_a_lock() {
         Some("yield_now")
     );
     assert_eq!(forbidden_in("backoff.snooze();"), Some(".snooze("));
+    // One-time initialisation (issue 26): the types and the calls that wait.
+    assert_eq!(
+        forbidden_in("static S: std::sync::OnceLock<u8> = OnceLock::new();"),
+        Some("OnceLock")
+    );
+    assert_eq!(
+        forbidden_in("static T: LazyLock<u8> = LazyLock::new(|| 1);"),
+        Some("LazyLock")
+    );
+    assert_eq!(forbidden_in("static O: Once = Once::new();"), Some("Once"));
+    assert_eq!(
+        forbidden_in("    INIT.call_once(|| ());"),
+        Some("call_once")
+    );
+    assert_eq!(forbidden_in("    x.get_or_init(f)"), Some("get_or_init"));
+    // A closure bound is not a `Once`.
+    assert_eq!(forbidden_in("fn f(g: impl FnOnce() -> u8) {}"), None);
 }

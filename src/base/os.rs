@@ -162,11 +162,36 @@ mod miri_os {
     }
 
     pub(crate) fn now_ms() -> u64 {
-        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        START
-            .get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_millis() as u64
+        use std::cell::UnsafeCell;
+        use std::mem::MaybeUninit;
+        use std::sync::atomic::{AtomicU8, Ordering};
+        use std::time::Instant;
+        /// The clock's origin, written once by the first caller.
+        struct Origin(UnsafeCell<MaybeUninit<Instant>>);
+        // SAFETY: written once, by the caller that moved STATE from 0 to 1, before STATE is 2
+        // (release); read only after STATE is seen 2 (acquire).
+        unsafe impl Sync for Origin {}
+        static ORIGIN: Origin = Origin(UnsafeCell::new(MaybeUninit::uninit()));
+        // 0: unset, 1: being written, 2: set. No caller waits for another (the free-threaded
+        // path takes no lock, tests/no_lock.rs): one that comes while the origin is being
+        // written reads the clock's start, 0 (the clock only paces maintenance passes).
+        static STATE: AtomicU8 = AtomicU8::new(0);
+        match STATE.load(Ordering::Acquire) {
+            // SAFETY: set (see `Origin`).
+            2 => unsafe { (*ORIGIN.0.get()).assume_init_ref() }
+                .elapsed()
+                .as_millis() as u64,
+            0 if STATE
+                .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok() =>
+            {
+                // SAFETY: we moved STATE from 0 to 1: no other thread touches ORIGIN yet.
+                unsafe { (*ORIGIN.0.get()).write(Instant::now()) };
+                STATE.store(2, Ordering::Release);
+                0
+            }
+            _ => 0,
+        }
     }
 }
 

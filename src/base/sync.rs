@@ -132,10 +132,23 @@ pub(crate) fn track_mapping(_base: usize, _write: bool) {
 #[inline(always)]
 pub(crate) fn forget_plain(_addr: usize, _len: usize) {
     #[cfg(loom)]
-    shadow::CELLS.with(|m| {
-        m.borrow_mut()
-            .retain(|&a, _| a < _addr || a >= _addr + _len)
-    });
+    {
+        shadow::CELLS.with(|m| {
+            m.borrow_mut()
+                .retain(|&a, _| a < _addr || a >= _addr + _len)
+        });
+        shadow::BUILT.with(|m| m.borrow_mut().retain(|&a| a < _addr || a >= _addr + _len));
+    }
+}
+
+/// Under loom, whether loom atomics were already constructed at `addr` in this execution (and
+/// the range not unmapped since); records that they are now. Loom atomics are objects of the
+/// execution, not bytes: memory that never held one (a fresh mapping's zeros) must be given one
+/// by a constructing write before its first atomic access, where a normal build's zero bytes
+/// already are valid atomics.
+#[cfg(loom)]
+pub(crate) fn loom_built(addr: usize) -> bool {
+    shadow::BUILT.with(|m| !m.borrow_mut().insert(addr))
 }
 
 /// Forgets every shadow cell: call at the start of every loom execution (the cells of the last
@@ -144,12 +157,13 @@ pub(crate) fn forget_plain(_addr: usize, _len: usize) {
 #[doc(hidden)]
 pub fn loom_shadow_reset() {
     shadow::CELLS.with(|m| m.borrow_mut().clear());
+    shadow::BUILT.with(|m| m.borrow_mut().clear());
 }
 
 #[cfg(loom)]
 mod shadow {
     use std::cell::RefCell;
-    use std::collections::HashMap;
+    use std::collections::{HashMap, HashSet};
 
     std::thread_local! {
         // Loom runs every thread of a model on the test's OS thread (as coroutines), so one
@@ -157,6 +171,8 @@ mod shadow {
         // touches the execution, so clearing the table between executions is sound.
         pub(super) static CELLS: RefCell<HashMap<usize, loom::cell::UnsafeCell<()>>> =
             RefCell::new(HashMap::new());
+        // Addresses where loom atomics were constructed in this execution (see `loom_built`).
+        pub(super) static BUILT: RefCell<HashSet<usize>> = RefCell::new(HashSet::new());
     }
 
     #[track_caller]

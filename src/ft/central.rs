@@ -41,9 +41,11 @@
 //!    reads a header of the new arena before its claimer wrote it and set the bit), then
 //!    publishes `free = ALL` minus the pool it keeps (release): claimers that win a bit see
 //!    `base`. A header is written once per `inited` bit, and a reader reads it only after
-//!    acquiring the bit; header fields a reader may read are written with atomic stores, so a
-//!    purge and re-initialisation racing a reader that loaded the bit earlier is no data race
-//!    (the reader's numbers are approximate then, never undefined).
+//!    acquiring the bit. Pins do not stop a purge and a new claim of a pool (steps 6 and 1), so
+//!    a reader may hold a stale bit while the header is written afresh: every header field a
+//!    reader may read is written with an atomic store, on every initialisation
+//!    ([`PoolHeader::init_fresh`]), so that is no data race (the reader's numbers are
+//!    approximate then, never undefined; loom model (u)).
 //!
 //! 6. **Purge** gives a free pool's pages back to the OS (`madvise(MADV_DONTNEED)`, see
 //!    [`os::purge`]) without a new state: the purger *claims* the pools it purges exactly as
@@ -65,8 +67,29 @@
 //!    the moment of `fork`, and those threads do not exist in the child. `pending` holds the
 //!    address of an arena a thread is mapping (`RESERVED`) or unmapping (`DYING`) until that
 //!    step has finished, so the child handler ([`Central::after_fork`]) completes or undoes it;
-//!    it also drops the parent's statistics pins (their readers are gone). See `ft` for what
-//!    else a child inherits in flight.
+//!    it also drops the parent's statistics pins (their readers are gone), and counts `mapped`
+//!    afresh from the descriptors, since a thread stopped between its change of `mapped` and
+//!    the descriptor change it stands for (steps 4 and 5) leaves it off by one. The states a
+//!    release (step 3) can be stopped in, and what the child makes of them
+//!    (`a_child_repairs_a_release_cut_short_at_every_step` builds each):
+//!    - `mapped` decremented, transition not tried (or lost, or undone up to `mapped`): the
+//!      arena is as before, all pools free; the recount corrects `mapped`.
+//!    - transition won, `pending` stored, `base` not yet `DYING` (or an undo that has restored
+//!      `base` but not `free`): `base == pending`, `free == 0`: the child undoes the release
+//!      (`free = ALL`). (`new_arena` between storing `base` and publishing `free` looks the
+//!      same, and its pools are as free: the mapper that kept pool 0 is gone.)
+//!    - `base == DYING` with `pending` set: the child finishes the release (unmap, `VACANT`);
+//!      `pending` is cleared before the unmap, so `DYING` without it leaves the range mapped
+//!      and forgotten rather than unmap what may be someone else's mapping by then.
+//!    - transition won, `pending` not yet stored: `base` is the arena and `free == 0`, which is
+//!      also the state of an arena whose every pool some thread claimed. No order of the steps
+//!      removes this state: `free` is the only word the winning compare-exchange writes, every
+//!      one of its 2^64 values is a legitimate set of claimed pools (64 pools an arena), and a
+//!      mark written before the exchange is as ambiguous (other threads may claim every pool
+//!      after it, and the exchange then fails). Freeing the pools would hand out pools that
+//!      other parent threads held, whose blocks the child may still use, so the child keeps the
+//!      arena, counted, as it keeps every pool a vanished thread held (a claimer, a purge in
+//!      flight, a cache): one arena for each thread that was releasing at the fork.
 //!
 //! # Abandoned pools
 //! One Treiber stack per size class of pools that have free blocks and no owner (pools of
@@ -438,6 +461,8 @@ impl Central {
             return;
         }
         let d = self.desc(i);
+        // A fork from here until `pending` is stored leaves the child this arena with every
+        // pool claimed (protocol step 8: the one state it cannot tell from all pools in use).
         if d.free
             .compare_exchange(self.all, 0, Ordering::SeqCst, Ordering::Relaxed)
             .is_err()
@@ -550,9 +575,12 @@ impl Central {
     /// The child side of `fork` (protocol step 8): drops the parent's statistics pins, and
     /// finishes what the parent's other threads were doing to descriptors: an arena being
     /// mapped is unmapped and its slot freed, an arena being released is released, a release
-    /// being undone is undone. Runs in the child before it has a second thread.
+    /// being undone is undone. Then counts the arenas mapped afresh (`mapped`), which a
+    /// thread stopped between its change of `mapped` and the descriptor change it stands for
+    /// left off by one. Runs in the child before it has a second thread.
     pub(crate) fn after_fork(&self, map: &ArenaMap) {
         use core::sync::atomic::Ordering::Relaxed;
+        let mut mapped = 0;
         // Slots above `hwm` are vacant except those reserved by threads that had not raised
         // `hwm` yet (the lowest vacant slots when they looked): a margin of 64 covers them.
         for i in 0..MAX_ARENAS.min(self.hwm.load(Ordering::Relaxed) + 64) {
@@ -588,7 +616,9 @@ impl Central {
                 }
                 _ => {}
             }
+            mapped += usize::from(d.base.load(Ordering::Relaxed) > DYING);
         }
+        self.mapped.store(mapped, Ordering::Relaxed);
     }
 
     /// Unmaps every arena and the table. Used when the heap is dropped.
@@ -658,6 +688,165 @@ mod tests {
         );
         assert!(map.lookup(second).is_none());
         c.release_all(&map);
+    }
+
+    /// What the child makes of an arena whose release was cut short by a `fork`.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Child {
+        /// Released: its slot is vacant, the map forgets it (unmapped by the child or before).
+        Released,
+        /// Every pool free and claimable again; a maintenance pass releases it.
+        Usable,
+        /// Mapped and counted, its pools claimed by a thread the child does not have (as any
+        /// pool a parent's other thread held): see protocol step 8.
+        Kept,
+    }
+
+    /// Issue 21, defect 3: a `fork` at every step of `try_release` (and of its undo, when a
+    /// statistics pin is seen) leaves a child whose descriptor `after_fork` finishes or undoes,
+    /// and whose count of mapped arenas (`counters().current`) is the number it has. Each row
+    /// is the state `try_release` has written when the fork comes, in its code's order.
+    #[test]
+    fn a_child_repairs_a_release_cut_short_at_every_step() {
+        use core::sync::atomic::Ordering::Relaxed;
+        type Step = fn(&Central, &ArenaMap, &ArenaDesc, usize);
+        fn dec(c: &Central) {
+            c.mapped.fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
+        }
+        let steps: [(&str, Step, Child); 10] = [
+            (
+                "`mapped` decremented, before the release transition",
+                |c, _, _, _| dec(c),
+                Child::Usable,
+            ),
+            (
+                "`free: ALL -> 0` won, before `pending` is stored",
+                |c, _, d, _| {
+                    dec(c);
+                    d.free.store(0, Relaxed);
+                },
+                Child::Kept,
+            ),
+            (
+                "`pending` stored, before `base = DYING`",
+                |c, _, d, b| {
+                    dec(c);
+                    d.free.store(0, Relaxed);
+                    d.pending.store(b, Relaxed);
+                },
+                Child::Usable,
+            ),
+            (
+                "`base = DYING`, before the pins are read",
+                |c, _, d, b| {
+                    dec(c);
+                    d.free.store(0, Relaxed);
+                    d.pending.store(b, Relaxed);
+                    d.base.store(DYING, Relaxed);
+                },
+                Child::Released,
+            ),
+            (
+                "undo: `base` restored, before `free`",
+                |c, _, d, b| {
+                    dec(c);
+                    d.free.store(0, Relaxed);
+                    d.pending.store(b, Relaxed);
+                },
+                Child::Usable,
+            ),
+            (
+                "undo: `free` restored, before `pending` is cleared",
+                |c, _, d, b| {
+                    dec(c);
+                    d.pending.store(b, Relaxed);
+                },
+                Child::Usable,
+            ),
+            (
+                "undo: `pending` cleared, before `mapped` is restored",
+                |c, _, _, _| dec(c),
+                Child::Usable,
+            ),
+            (
+                "the map forgets the arena, before `pending` is cleared",
+                |c, map, d, b| {
+                    dec(c);
+                    d.free.store(0, Relaxed);
+                    d.base.store(DYING, Relaxed);
+                    d.pending.store(b, Relaxed);
+                    map.remove(b);
+                },
+                Child::Released,
+            ),
+            (
+                "`pending` cleared, before the unmap",
+                |c, map, d, b| {
+                    dec(c);
+                    d.free.store(0, Relaxed);
+                    d.base.store(DYING, Relaxed);
+                    map.remove(b);
+                },
+                Child::Released,
+            ),
+            (
+                "unmapped, before `base = VACANT`",
+                |c, map, d, b| {
+                    dec(c);
+                    d.free.store(0, Relaxed);
+                    d.base.store(DYING, Relaxed);
+                    map.remove(b);
+                    // SAFETY: the arena's pools are all free (two_arenas) and no one uses them.
+                    unsafe { os::unmap(b as *mut u8, c.geo.arena_size) };
+                    c.reclaimed.fetch_add(1, Relaxed);
+                },
+                Child::Released,
+            ),
+        ];
+        for (what, step, want) in steps {
+            let (mut c, map, geo) = setup();
+            let d = c.desc(1);
+            // (A pin keeps arena 1 mapped while its pools come back.)
+            d.pins.store(1, Relaxed);
+            let second = two_arenas(&c, &map, &geo);
+            d.pins.store(0, Relaxed);
+            assert_eq!(d.free.load(Relaxed), c.all, "{what}");
+            step(&c, &map, d, second);
+            // The range the child cannot know to be unmapped (its `pending` was cleared).
+            let leaked = what.starts_with("`pending` cleared");
+            c.after_fork(&map);
+            let base = d.base.load(Relaxed);
+            let counted = c.counters().current;
+            match want {
+                Child::Released => {
+                    assert_eq!(base, VACANT, "{what}");
+                    assert!(map.lookup(second).is_none(), "{what}");
+                    assert_eq!(counted, 1, "{what}: arenas mapped after the child's repair");
+                    if !leaked {
+                        assert_eq!(c.counters().reclaimed, 1, "{what}");
+                    }
+                }
+                Child::Usable => {
+                    assert_eq!((base, d.free.load(Relaxed)), (second, c.all), "{what}");
+                    assert_eq!(counted, 2, "{what}: arenas mapped after the child's repair");
+                    // The child can release it: a maintenance pass does.
+                    c.purge(&map, true);
+                    assert_eq!(d.base.load(Relaxed), VACANT, "{what}: never released");
+                    assert!(map.lookup(second).is_none(), "{what}");
+                    assert_eq!(c.counters().current, 1, "{what}");
+                }
+                Child::Kept => {
+                    assert_eq!((base, d.free.load(Relaxed)), (second, 0), "{what}");
+                    assert!(map.lookup(second).is_some(), "{what}");
+                    assert_eq!(counted, 2, "{what}: a mapped arena is not counted");
+                }
+            }
+            if leaked {
+                // SAFETY: mapped by two_arenas, forgotten by every structure: ours to unmap.
+                unsafe { os::unmap(second as *mut u8, geo.arena_size) };
+            }
+            c.release_all(&map);
+        }
     }
 
     /// Issue 12, defect 4: descriptors in the middle of a mapping, a release, or an undone

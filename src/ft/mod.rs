@@ -525,14 +525,17 @@ impl FtHeap {
             }
             // SAFETY: the arena is pinned and the header was written (for_each_pool's contract);
             // we read only atomic fields, each through its own projection (no reference to the
-            // header, whose plain fields the owner writes meanwhile).
+            // header, whose plain fields the owner writes meanwhile). Our `inited` bit may be
+            // stale: the pool may be purged, claimed and given a fresh header while we read,
+            // and `init_fresh` writes every field read here with an atomic store, so that is
+            // no data race (DESIGN.md section 7), only approximate numbers.
             let (class, next, word, refs, owner) = unsafe {
                 (
                     PoolHeader::class(pool),
                     PoolHeader::next_offset_racy(pool),
-                    (*pool).shared.remote.load(Ordering::Relaxed),
+                    PoolHeader::remote_racy(pool),
                     PoolHeader::refs_racy(pool),
-                    (*pool).shared.owner.load(Ordering::Relaxed),
+                    PoolHeader::owner_racy(pool),
                 )
             };
             // A header being purged under a claim reads as zeros: no carve mark.

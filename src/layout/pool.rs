@@ -98,15 +98,27 @@ pub(crate) struct PoolShared {
 }
 
 impl PoolHeader {
-    /// Writes a fresh header for a pool that has never been carved, at `pool`.
+    /// Writes a fresh header for a pool that has never been carved, at `pool`: the first header
+    /// of a new arena's pool, or a new header of a pool that was purged and claimed again.
+    ///
+    /// Initialisation is a write too: a statistics walk that loaded the pool's `inited` bit
+    /// before a purge cleared it may still read the header while this runs (`central`, protocol
+    /// steps 5 and 6; pins keep the arena mapped but do not stop a purge and a new claim). So
+    /// every field another thread may read atomically (`szidx`, `ref_count`, `nextoffset`, the
+    /// shared line's `owner`, `remote` and `next_abandoned`) is written with an atomic store,
+    /// never with a plain write of the whole header or line; the reader then gets old or new
+    /// values (approximate statistics), never a data race. The plain fields (`arena_index`,
+    /// `freeblock`, the list links) are read only by the pool's holder.
     ///
     /// # Safety
-    /// `pool` must point to at least a header's worth of writable memory owned by the caller.
+    /// `pool` must point to at least a header's worth of writable memory owned by the caller
+    /// (claimed: no other thread writes it), holding zero bytes (a fresh mapping or purged
+    /// pages) or an earlier header.
     pub(crate) unsafe fn init_fresh(pool: *mut PoolHeader, arena_index: u32) {
-        // SAFETY: the caller owns the memory, which is zero bytes (a fresh mapping or purged
-        // pages: valid atomics). The fields statistics may read racily (a reader that loaded
-        // the `inited` bit before a purge; see `central`, protocol step 5) are written with
-        // atomic stores, the rest field by field: no reference to the whole header.
+        // SAFETY: the caller owns the memory, which holds valid atomics (zero bytes or an
+        // earlier header; integers and atomics share a layout). Racy readers read only atomic
+        // fields, written here with atomic stores; the rest are written field by field, with no
+        // reference to the whole header.
         unsafe {
             (*pool).szidx.store(NO_CLASS, Relaxed);
             Self::set_refs(pool, 0);
@@ -115,11 +127,71 @@ impl PoolHeader {
             Self::set_free(pool, ptr::null_mut());
             Self::set_next_pool(pool, ptr::null_mut());
             Self::set_prev_pool(pool, ptr::null_mut());
-            (&raw mut (*pool).shared).write(PoolShared {
-                owner: AtomicUsize::new(0),
-                remote: AtomicUsize::new(0),
-                next_abandoned: AtomicPtr::new(ptr::null_mut()),
-            });
+            Self::init_shared(&raw mut (*pool).shared);
+        }
+    }
+
+    /// Resets the shared line of a header being (re-)initialised: every field with an atomic
+    /// store (see [`init_fresh`](Self::init_fresh)).
+    ///
+    /// # Safety
+    /// As [`init_fresh`](Self::init_fresh).
+    unsafe fn init_shared(shared: *mut PoolShared) {
+        // Under loom the atomics are objects of the execution: the first header at an address
+        // must construct them. That constructing write is a plain write, recorded as one on the
+        // shadow cells of `owner` and `remote` (whose racy readers record reads, see
+        // `owner_racy`), so loom reports any reader it is not ordered with; only the pool's
+        // first header (its `inited` bit never set before, so no reader) takes it.
+        #[cfg(loom)]
+        if !crate::base::sync::loom_built(shared as usize) {
+            // SAFETY: the caller owns the memory; no loom object lives there yet.
+            unsafe {
+                crate::base::sync::track_plain(&raw const (*shared).owner, true);
+                crate::base::sync::track_plain(&raw const (*shared).remote, true);
+                shared.write(PoolShared {
+                    owner: AtomicUsize::new(0),
+                    remote: AtomicUsize::new(0),
+                    next_abandoned: AtomicPtr::new(ptr::null_mut()),
+                });
+            }
+            return;
+        }
+        // SAFETY: the caller owns the memory, which holds valid atomics; a field projection
+        // each, no reference to the line. Relaxed: the claimer publishes the header with its
+        // `inited` bit (release); a reader holding a stale bit needs no ordering, only no race.
+        unsafe {
+            (*shared).owner.store(0, Relaxed);
+            (*shared).remote.store(0, Relaxed);
+            (*shared).next_abandoned.store(ptr::null_mut(), Relaxed);
+        }
+    }
+
+    /// The owner token of the shared line, read by any thread (statistics): approximate.
+    /// Under loom the read is recorded on the field's shadow cell, so a plain write of the
+    /// field (there is none but a first header's construction) racing it is reported.
+    ///
+    /// # Safety
+    /// As [`refs_racy`](Self::refs_racy).
+    #[inline(always)]
+    pub(crate) unsafe fn owner_racy(pool: *const PoolHeader) -> usize {
+        // SAFETY: per the contract; an atomic field, a projection (no reference to the header).
+        unsafe {
+            crate::base::sync::track_plain(&raw const (*pool).shared.owner, false);
+            (*pool).shared.owner.load(Relaxed)
+        }
+    }
+
+    /// The remote-list word of the shared line, read by any thread (statistics): approximate;
+    /// recorded under loom as [`owner_racy`](Self::owner_racy) is.
+    ///
+    /// # Safety
+    /// As [`refs_racy`](Self::refs_racy).
+    #[inline(always)]
+    pub(crate) unsafe fn remote_racy(pool: *const PoolHeader) -> usize {
+        // SAFETY: per the contract; an atomic field, a projection (no reference to the header).
+        unsafe {
+            crate::base::sync::track_plain(&raw const (*pool).shared.remote, false);
+            (*pool).shared.remote.load(Relaxed)
         }
     }
 
