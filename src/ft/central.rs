@@ -82,14 +82,19 @@
 //!      `pending` is cleared before the unmap, so `DYING` without it leaves the range mapped
 //!      and forgotten rather than unmap what may be someone else's mapping by then.
 //!    - transition won, `pending` not yet stored: `base` is the arena and `free == 0`, which is
-//!      also the state of an arena whose every pool some thread claimed. No order of the steps
-//!      removes this state: `free` is the only word the winning compare-exchange writes, every
-//!      one of its 2^64 values is a legitimate set of claimed pools (64 pools an arena), and a
-//!      mark written before the exchange is as ambiguous (other threads may claim every pool
-//!      after it, and the exchange then fails). Freeing the pools would hand out pools that
-//!      other parent threads held, whose blocks the child may still use, so the child keeps the
-//!      arena, counted, as it keeps every pool a vanished thread held (a claimer, a purge in
-//!      flight, a cache): one arena for each thread that was releasing at the fork.
+//!      also the state of an arena whose every pool some thread claimed (every value of `free`
+//!      is a legitimate set of claimed pools with 64 pools an arena, so no order of the steps
+//!      tells the two apart). A fork never sees it: releases pass a **fork gate**
+//!      (`fork_gate`): a release counts itself in before its transition and out after its last
+//!      step, and gives up (the arena lives on) if a fork is being prepared; the prepare handler
+//!      ([`Central::fork_prepare`]) closes the gate and waits for the releases counted in to
+//!      finish, so the child sees no release in flight on another thread. This is the
+//!      free-threaded mode's one wait, on the fork path only: a release (a few atomics and one
+//!      `munmap`) never waits, and an allocation or free never meets the gate. A fork from a
+//!      signal handler that interrupted its own thread's release does not wait for itself (a
+//!      thread-local names the heap whose release the thread is in); that release then
+//!      continues in the child as in the parent. The repairs above stay for the states the
+//!      gate does not cover (the `mapped` change before the gate, a gated release that gave up).
 //!
 //! # Abandoned pools
 //! One Treiber stack per size class of pools that have free blocks and no owner (pools of
@@ -117,6 +122,17 @@ use crossbeam_utils::{Backoff, CachePadded};
 const VACANT: usize = 0;
 const RESERVED: usize = 1;
 const DYING: usize = 2;
+
+/// `Central::fork_gate`'s flag: a fork's prepare handler has closed the fork gate.
+const FORKING: usize = 1 << (usize::BITS - 1);
+
+#[cfg(not(loom))]
+std::thread_local! {
+    /// The address of the `Central` whose release this thread is in (0: none), so that a fork
+    /// from a signal handler that interrupted it does not wait for itself (protocol step 8).
+    /// Const, no destructor.
+    static IN_RELEASE: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+}
 
 /// Descriptor slots in the table. Under loom the table is tiny and explicitly initialised.
 #[cfg(not(loom))]
@@ -174,6 +190,10 @@ pub(crate) struct Central {
     /// any protocol: plain `core` atomics, outside the loom facade, as the counters below.
     next_pass: core::sync::atomic::AtomicU64,
     pools_purged: core::sync::atomic::AtomicUsize,
+    /// The fork gate (protocol step 8): releases in flight, plus [`FORKING`] while a fork's
+    /// prepare handler holds new releases off. Fork is outside the loom models, so a `core`
+    /// atomic.
+    fork_gate: core::sync::atomic::AtomicUsize,
     /// Abandoned pools with free blocks, one stack per class.
     abandoned: [CachePadded<AtomicPtr<PoolHeader>>; NUM_CLASSES],
 }
@@ -218,6 +238,7 @@ impl Central {
             decay_ms,
             next_pass: core::sync::atomic::AtomicU64::new(0),
             pools_purged: core::sync::atomic::AtomicUsize::new(0),
+            fork_gate: core::sync::atomic::AtomicUsize::new(0),
             abandoned: core::array::from_fn(|_| CachePadded::new(AtomicPtr::new(ptr::null_mut()))),
         })
     }
@@ -448,6 +469,8 @@ impl Central {
         }
     }
 
+    /// Releases arena `i` to the OS if every pool is free (protocol step 3), through the fork
+    /// gate (step 8).
     #[cold]
     fn try_release(&self, i: usize, map: &ArenaMap) {
         // Keep one arena mapped (protocol step 4).
@@ -460,9 +483,71 @@ impl Central {
         {
             return;
         }
+        // Through the fork gate (protocol step 8), or not at all while a fork is prepared.
+        if !self.release_enter() {
+            self.mapped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.release(i, map);
+        self.release_exit();
+    }
+
+    /// Counts a release in at the fork gate (protocol step 8); false (counted out again) while
+    /// a fork's prepare handler holds releases off.
+    fn release_enter(&self) -> bool {
+        // One read-modify-write both counts in and reads the flag, so a fork's prepare either
+        // sees this release counted or this release sees the flag.
+        if self.fork_gate.fetch_add(1, Ordering::SeqCst) & FORKING != 0 {
+            self.fork_gate.fetch_sub(1, Ordering::Release);
+            return false;
+        }
+        #[cfg(not(loom))]
+        IN_RELEASE.with(|r| r.set(self as *const Central as usize));
+        true
+    }
+
+    /// Counts a release out (after its last step).
+    fn release_exit(&self) {
+        #[cfg(not(loom))]
+        IN_RELEASE.with(|r| r.set(0));
+        // Release: the prepare handler that sees the count drop (acquire) sees every step.
+        self.fork_gate.fetch_sub(1, Ordering::Release);
+    }
+
+    /// The prepare side of `fork` (protocol step 8): closes the fork gate and waits until no
+    /// other thread's release is in flight, so the child inherits none half done. Reopened by
+    /// [`Central::fork_parent`] in the parent and [`Central::after_fork`] in the child.
+    pub(crate) fn fork_prepare(&self) {
+        self.fork_gate.fetch_or(FORKING, Ordering::SeqCst);
+        let own = usize::from(self.own_release());
+        let backoff = Backoff::new();
+        while self.fork_gate.load(Ordering::Acquire) & !FORKING > own {
+            // A release is a few atomics and one munmap: spin, then yield.
+            backoff.snooze();
+        }
+    }
+
+    /// The parent side of `fork`: reopens the fork gate.
+    pub(crate) fn fork_parent(&self) {
+        self.fork_gate.fetch_and(!FORKING, Ordering::Release);
+    }
+
+    /// Whether this thread is inside a release of this `Central` (a signal handler's fork).
+    fn own_release(&self) -> bool {
+        #[cfg(not(loom))]
+        return IN_RELEASE.with(|r| r.get()) == self as *const Central as usize;
+        #[cfg(loom)]
+        false
+    }
+
+    /// Releases arena `i` if every pool is free and no statistics reader pins it (protocol
+    /// step 3); `mapped` already counts it out, and it is counted back in if the release does
+    /// not happen. Inside the fork gate.
+    fn release(&self, i: usize, map: &ArenaMap) {
         let d = self.desc(i);
-        // A fork from here until `pending` is stored leaves the child this arena with every
-        // pool claimed (protocol step 8: the one state it cannot tell from all pools in use).
+        // A fork from here until `pending` is stored would leave the child this arena with
+        // every pool claimed (protocol step 8: a state it cannot tell from all pools in use);
+        // the fork gate keeps forks out of the whole release.
         if d.free
             .compare_exchange(self.all, 0, Ordering::SeqCst, Ordering::Relaxed)
             .is_err()
@@ -619,6 +704,10 @@ impl Central {
             mapped += usize::from(d.base.load(Ordering::Relaxed) > DYING);
         }
         self.mapped.store(mapped, Ordering::Relaxed);
+        // The fork gate: open, counting only this thread's own release if a signal handler
+        // forked from inside it (it goes on in the child); other threads' are gone.
+        self.fork_gate
+            .store(usize::from(self.own_release()), Relaxed);
     }
 
     /// Unmaps every arena and the table. Used when the heap is dropped.
@@ -687,6 +776,79 @@ mod tests {
             "the child never releases the arena"
         );
         assert!(map.lookup(second).is_none());
+        c.release_all(&map);
+    }
+
+    /// Issue 21, defect 3: a fork must never come between a release's transition and its
+    /// `pending` store (a state the child cannot repair). The fork gate: the prepare handler
+    /// waits for a release in flight on another thread, a release refused while the gate is
+    /// closed leaves its arena as it was, and the gate reopens in the parent and in the child.
+    #[test]
+    fn the_fork_gate_holds_forks_out_of_releases() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::mpsc;
+        let (c, map, geo) = setup();
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let prepared = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            // A release in flight on another thread, stopped inside the gate.
+            let c = &c;
+            s.spawn(move || {
+                assert!(c.release_enter());
+                entered_tx.send(()).unwrap();
+                let _ = go_rx.recv();
+                c.release_exit();
+            });
+            entered_rx.recv().unwrap();
+            // Moved in: dropped if an assertion below fails, so the release thread ends.
+            let go = go_tx;
+            let forker = s.spawn(|| {
+                c.fork_prepare();
+                prepared.store(true, Ordering::Relaxed);
+            });
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            assert!(
+                !prepared.load(Ordering::Relaxed),
+                "fork_prepare returned while another thread's release was in flight"
+            );
+            go.send(()).unwrap();
+            forker.join().unwrap();
+        });
+        assert!(prepared.load(Ordering::Relaxed));
+        // The gate is closed: a release gives up and the arena stays, all pools free.
+        let second = two_arenas(&c, &map, &geo);
+        c.purge(&map, true);
+        assert_eq!(
+            c.counters().current,
+            2,
+            "an arena was released during a fork"
+        );
+        assert_eq!(c.desc(1).free.load(Ordering::Relaxed), c.all);
+        // The parent reopens it: the arena is released by the next pass.
+        c.fork_parent();
+        c.purge(&map, true);
+        assert_eq!(
+            c.counters().current,
+            1,
+            "the gate stayed closed in the parent"
+        );
+        assert!(map.lookup(second).is_none());
+        // The child reopens it too, counting no vanished thread's release.
+        c.fork_prepare();
+        assert!(!c.release_enter());
+        c.after_fork(&map);
+        assert!(c.release_enter(), "the gate stayed closed in the child");
+        c.release_exit();
+        assert_eq!(c.fork_gate.load(Ordering::Relaxed), 0);
+        // A fork from inside this thread's own release (a signal handler) does not wait for
+        // itself, and the child keeps counting that release.
+        assert!(c.release_enter());
+        c.fork_prepare();
+        c.after_fork(&map);
+        assert_eq!(c.fork_gate.load(Ordering::Relaxed), 1);
+        c.release_exit();
+        let mut c = c;
         c.release_all(&map);
     }
 

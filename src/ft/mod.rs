@@ -725,10 +725,15 @@ impl Front for FtHeap {
         self.id = PROCESS_HEAP_ID;
     }
 
-    /// Nothing to hold: no lock.
-    fn fork_prepare(&self, _arenas: &Arenas) {}
+    /// No lock to hold; the central structure's fork gate keeps arena releases out of the
+    /// fork (`Central::fork_prepare`).
+    fn fork_prepare(&self, _arenas: &Arenas) {
+        self.central.fork_prepare();
+    }
 
-    fn fork_parent(&self, _arenas: &Arenas) {}
+    fn fork_parent(&self, _arenas: &Arenas) {
+        self.central.fork_parent();
+    }
 
     fn fork_child(&self, arenas: &Arenas) {
         self.after_fork(&self.ctx(arenas));
