@@ -2,15 +2,11 @@
 //! `usable_size` and `realloc` treat pointers that are not blocks of our pools (the C library's,
 //! large and over-aligned blocks, null), and blocks of another instance.
 
-use ftmalloc::{Allocator, Config, Mode};
-use std::alloc::Layout;
+mod common;
 
-fn modes() -> Vec<Mode> {
-    Mode::NAMES
-        .iter()
-        .map(|n| Mode::from_name(n).unwrap_or_else(|| panic!("Mode::NAMES lists {n:?}")))
-        .collect()
-}
+use common::modes;
+use ftmalloc::{Allocator, Config};
+use std::alloc::Layout;
 
 /// Fills `len` bytes at `p` with a pattern seeded by `seed`.
 ///

@@ -5,6 +5,9 @@
 //! This binary keeps the C library's allocator as its global allocator, so the instances are
 //! the only heaps in the registry.
 
+mod common;
+
+use common::rss;
 use ftmalloc::{Allocator, Config, Mode};
 use std::alloc::Layout;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -169,13 +172,6 @@ fn drop_races_fork_and_thread_exit() {
     }
     stop.store(true, Ordering::Relaxed);
     assert!(forker.join().unwrap() > 0);
-}
-
-/// Resident memory of this process in bytes (`/proc/self/statm`).
-fn rss() -> usize {
-    let s = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: usize = s.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
 }
 
 /// One soak run on a fresh free-threaded instance: `waves` waves of 16 short-lived threads,
