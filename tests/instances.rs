@@ -278,8 +278,13 @@ fn exited_threads_hand_back_instance_caches() {
         s1.pools_in_use(),
         s10.pools_in_use()
     );
-    assert!(
-        rss10 as f64 <= 1.2 * rss1 as f64 + 1048576.0,
-        "resident growth: 1x {rss1}, 10x {rss10}"
-    );
+    // Under a sanitizer (`.ci/sanitize` sets FTMALLOC_SANITIZER) resident memory includes the
+    // sanitizer's own per-thread state, which grows with the threads created: the caches and
+    // pools above are the check there.
+    if std::env::var_os("FTMALLOC_SANITIZER").is_none() {
+        assert!(
+            rss10 as f64 <= 1.2 * rss1 as f64 + 1048576.0,
+            "resident growth: 1x {rss1}, 10x {rss10}"
+        );
+    }
 }
