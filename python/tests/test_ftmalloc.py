@@ -19,7 +19,19 @@ needs_free_threaded = pytest.mark.skipif(
 needs_gil_build = pytest.mark.skipif(
     FREE_THREADED, reason="needs a GIL build of CPython (mode gil; the OBJ domain is served)")
 
+#: Tests that check objects the heap served (the OBJ domain: owns(id(obj)), object blocks'
+#: debug checks, stats counting objects): a free-threaded build leaves that domain to mimalloc.
+checks_objects_served = pytest.mark.skipif(
+    FREE_THREADED, reason="checks objects served by the heap (the OBJ domain), which a "
+    "free-threaded build leaves to mimalloc")
+#: Compares tracebacks with those of the GIL build this was written on (3.11: no carets).
+tracebacks_of_3_11 = pytest.mark.skipif(
+    FREE_THREADED, reason="compares tracebacks printed by a GIL build (3.11's format; 3.13t "
+    "adds carets)")
+
 MODES = ["gil", "ft"]
+#: MODES as test parameters: mode "gil" needs a GIL build.
+MODE_PARAMS = [pytest.param("gil", marks=needs_gil_build), "ft"]
 # The allocator install wraps: pymalloc (the default), or pymalloc behind CPython's debug hooks,
 # which abort on a pointer they did not hand out (so a block of ours, or glibc's, sent to the
 # wrapped allocator is caught), or plain malloc.
@@ -52,7 +64,8 @@ def test_nothing_installed_without_install():
 
 
 @pytest.mark.parametrize("wrapped", WRAPPED)
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
+@checks_objects_served
 def test_objects_before_and_after_install(mode, wrapped):
     out = ok(run(f"""
         import ftmalloc
@@ -87,7 +100,8 @@ def test_objects_before_and_after_install(mode, wrapped):
 
 
 @pytest.mark.parametrize("wrapped", WRAPPED)
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
+@checks_objects_served
 def test_realloc_across_the_boundary_through_the_c_api(mode, wrapped):
     ok(run(f"""
         import ctypes, ftmalloc
@@ -144,7 +158,8 @@ def test_realloc_across_the_boundary_through_the_c_api(mode, wrapped):
 
 
 @pytest.mark.parametrize("wrapped", WRAPPED)
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
+@checks_objects_served
 def test_growing_objects_across_the_boundary(mode, wrapped):
     out = ok(run(f"""
         import ctypes, ftmalloc
@@ -178,7 +193,8 @@ def test_growing_objects_across_the_boundary(mode, wrapped):
     assert out.strip() == str(len(range(0, 2000, 7)))
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
+@checks_objects_served
 def test_threads_allocate_and_hand_objects_over(mode):
     out = ok(run(f"""
         import ftmalloc, queue, threading
@@ -233,7 +249,8 @@ def test_threads_allocate_and_hand_objects_over(mode):
     assert out.split() == [mode]
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
+@checks_objects_served
 def test_stats(mode):
     out = ok(run(f"""
         import io, ftmalloc
@@ -285,7 +302,7 @@ def test_bad_mode(arg, exc, words):
     assert out.splitlines()[-1] == "None"
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 def test_second_install_refused(mode):
     out = ok(run(f"""
         import ftmalloc
@@ -303,6 +320,7 @@ def test_second_install_refused(mode):
     assert out.splitlines()[-1] == mode
 
 
+@checks_objects_served
 def test_tracemalloc_refused_and_nothing_left_half_installed():
     out = ok(run("""
         import ftmalloc, tracemalloc
@@ -329,6 +347,7 @@ def test_tracemalloc_refused_and_nothing_left_half_installed():
     assert out.splitlines()[-1] == "ft"
 
 
+@checks_objects_served
 def test_bad_ftmalloc_debug_refused():
     out = ok(run("""
         import ftmalloc
@@ -350,7 +369,7 @@ def test_bad_ftmalloc_python_stops_start_up(value):
     assert f"FTMALLOC_PYTHON={value!r} is not accepted; accepted values: gil, ft" in r.stderr
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 def test_ftmalloc_python_installs_at_start_up_and_in_children(mode, tmp_path):
     # A script file: multiprocessing's spawned child imports the parent's __main__ from it.
     script = tmp_path / "parent.py"
@@ -377,7 +396,8 @@ def test_empty_ftmalloc_python_is_off():
     assert out.strip() == "None"
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
+@checks_objects_served
 def test_regrtest_workers_run_on_ftmalloc(mode, tmp_path):
     (tmp_path / "test_ftmalloc_worker.py").write_text(textwrap.dedent(f"""
         import os, unittest, ftmalloc
@@ -396,7 +416,7 @@ def test_regrtest_workers_run_on_ftmalloc(mode, tmp_path):
     assert "Result: SUCCESS" in r.stdout and "Total tests: run=1" in r.stdout, r.stdout
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 def test_run_script(mode, tmp_path):
     script = tmp_path / "prog.py"
     script.write_text(textwrap.dedent("""
@@ -422,7 +442,7 @@ def test_run_script_exception_exits_1(tmp_path):
     assert r.returncode == 1 and "KeyError: 'boom'" in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 def test_run_module(mode, tmp_path):
     pkg = tmp_path / "mypkg"
     pkg.mkdir()
@@ -439,6 +459,7 @@ def test_run_module(mode, tmp_path):
     assert r.stdout.strip().endswith(f"['3', 'x'] {mode}"), r.stdout
 
 
+@checks_objects_served
 def test_run_default_mode_follows_the_environment(tmp_path):
     script = tmp_path / "m.py"
     script.write_text("import ftmalloc; print(ftmalloc.mode())\n")
@@ -468,8 +489,9 @@ def test_run_bad_arguments(args, words):
     assert r.returncode == 2 and words in r.stderr, (r.returncode, r.stderr)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 @pytest.mark.parametrize("domain", ["PyMem", "PyObject"])
+@checks_objects_served
 def test_debug_mode_double_free_aborts_naming_the_pointer(mode, domain):
     r = run(f"""
         import ctypes, sys, ftmalloc
@@ -493,7 +515,8 @@ def test_debug_mode_double_free_aborts_naming_the_pointer(mode, domain):
 
 
 @pytest.mark.parametrize("wrapped", WRAPPED)
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
+@checks_objects_served
 def test_debug_mode_runs_python_code(mode, wrapped):
     out = ok(run(f"""
         import ftmalloc
@@ -521,7 +544,8 @@ DEBUG_IDS = ["PYTHONMALLOC=debug", "PYTHONMALLOC=malloc_debug", "-X dev"]
 
 
 @pytest.mark.parametrize("env, args", DEBUG_HOOKS, ids=DEBUG_IDS)
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
+@checks_objects_served
 def test_debug_hooks_check_the_heaps_blocks(mode, env, args):
     # A buffer overflow by one byte past a 16-byte PyMem_Malloc block: the hooks' trailing
     # guard bytes catch it at free, so the block must have passed through them.
@@ -540,7 +564,7 @@ def test_debug_hooks_check_the_heaps_blocks(mode, env, args):
     assert "bad trailing pad byte" in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 def test_debug_hooks_catch_api_misuse_on_the_heaps_blocks(mode):
     # PyMem_Malloc'ed, PyMem_RawFree'd: the hooks' API id says so.
     r = run(f"""
@@ -555,7 +579,7 @@ def test_debug_hooks_catch_api_misuse_on_the_heaps_blocks(mode):
     assert "bad ID: Allocated using API 'm', verified using API 'r'" in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 def test_no_debug_hooks_without_the_setting(mode):
     out = ok(run(f"""
         import ftmalloc
@@ -591,8 +615,9 @@ def test_debug_hooks_wrapped_by_another_allocator_refused(env, args, setting):
     assert out.splitlines()[-1] == "True", out
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 @pytest.mark.parametrize("wrapped", WRAPPED)
+@checks_objects_served
 def test_raw_domain_left_alone(mode, wrapped):
     out = ok(run(f"""
         import ctypes, ftmalloc
@@ -629,7 +654,8 @@ def test_raw_domain_left_alone(mode, wrapped):
     ({}, ("-X", "tracemalloc=3"), 3),
     ({"PYTHONTRACEMALLOC": "1", "PYTHONMALLOC": "debug"}, (), 1),
 ], ids=["PYTHONTRACEMALLOC=5", "-X tracemalloc=3", "PYTHONTRACEMALLOC=1+debug"])
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
+@checks_objects_served
 def test_tracemalloc_at_start_up(mode, env, args, frames):
     out = ok(run("""
         import ftmalloc, tracemalloc
@@ -644,7 +670,7 @@ def test_tracemalloc_at_start_up(mode, env, args, frames):
     assert out.split() == [mode, "True", str(frames), "True", "True", "True"], out
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 def test_debugmallocstats_shows_the_heap(mode):
     r = run("""
         import sys
@@ -662,7 +688,7 @@ def test_debugmallocstats_shows_the_heap(mode):
     assert "free PyDictObjects" in err, err
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 def test_ftmalloc_stats_at_exit(mode):
     r = run("x = [str(i) for i in range(5000)]; print('done')",
             env={"FTMALLOC_PYTHON": mode, "FTMALLOC_STATS": "1"})
@@ -711,7 +737,7 @@ def test_bad_environment_refused(var, value, accepted):
     assert out.splitlines()[-1] == "None"
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 def test_ftmalloc_mode_contradicting_ftmalloc_python_refused(mode):
     other = "gil" if mode == "ft" else "ft"
     r = run("print('started')", env={"FTMALLOC_PYTHON": mode, "FTMALLOC_MODE": other})
@@ -734,7 +760,7 @@ def test_dash_S_skips_the_start_up_hook():
     assert r.returncode == 2
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 def test_dash_I_runs_the_start_up_hook(mode):
     out = ok(run("import ftmalloc; print(ftmalloc.mode())", env={"FTMALLOC_PYTHON": mode},
                  args=["-I"]))
@@ -778,6 +804,7 @@ def test_run_directory_without_main_as_python(tmp_path):
     ("def f():\n    1/0\nf()", 1),
     ("raise KeyboardInterrupt", 130),
 ])
+@tracebacks_of_3_11
 def test_run_c_as_python(code, status, tmp_path):
     body = "import sys, os\nprint(__name__, sys.argv, repr(sys.path[0]), flush=True)\n" + code
     py, ft = python_and_run(["-c", body, "a", "-x"], tmp_path)
