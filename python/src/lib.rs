@@ -247,8 +247,9 @@ extern "C" fn ft_malloc<H: Backing>(ctx: *mut c_void, size: usize) -> *mut c_voi
     // SAFETY: CPython passes the context `install` set with this function.
     let w = unsafe { wrapped::<H>(ctx) };
     if pooled(w, size) {
-        // SAFETY: a valid layout; CPython calls this domain with the GIL held, which serialises
-        // a GIL-mode heap (`install` built it for that).
+        // SAFETY: a valid layout; a GIL-mode heap exists only on a GIL build, where CPython
+        // calls this domain with the GIL held, which serialises it (`install` built it for
+        // that); the free-threaded heap (any build) may be called in parallel.
         unsafe { w.heap.alloc(layout(size)).cast() }
     } else {
         (w.malloc)(w.ctx, size)
@@ -900,9 +901,10 @@ fn owns(address: usize) -> bool {
 
 /// A snapshot of the installed heap, or `None` before `install`.
 fn snapshot() -> Option<Stats> {
-    // The GIL is held (a Python function), which serialises a GIL-mode heap; the snapshot
-    // allocates nothing, so no allocation of ours re-enters the heap while it is taken.
-    // SAFETY: the GIL is held (the trait's contract for a serialised heap).
+    // A GIL-mode heap exists only on a GIL build, where the GIL is held (a Python function)
+    // and serialises it; the free-threaded heap's snapshot runs beside allocating threads.
+    // The snapshot allocates nothing, so no allocation of ours re-enters the heap meanwhile.
+    // SAFETY: the trait's contract: for a serialised heap, the GIL is held (see above).
     INSTALLED.get().map(|i| unsafe { i.heap.stats() })
 }
 
