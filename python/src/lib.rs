@@ -17,6 +17,13 @@
 //! The raw domain is left alone (it is called without the GIL, and CPython's own start-up
 //! memory lives there).
 //!
+//! # Free-threaded CPython (3.13t, `Py_GIL_DISABLED`)
+//! There `install` wraps the MEM domain only and leaves the OBJ domain to mimalloc, and refuses
+//! to wrap it when asked (`domains=["obj"]`), naming the domain, the build and why: the
+//! free-threaded GC finds objects by walking mimalloc's heaps (gc_free_threading.c:245-292),
+//! so objects ftmalloc served would never be collected. `domains()` says what is served. The
+//! MEM domain is served by the free-threaded heap, called in parallel by threads with no GIL.
+//!
 //! # Under CPython's debug hooks
 //! With `PYTHONMALLOC=debug` (or `-X dev`, or a debug build) the domains' allocators are the
 //! debug hooks, which wrap the real ones. `install` does not wrap the hooks (requests it served
@@ -183,6 +190,30 @@ struct Installed {
     debug: bool,
     /// Whether the heap serves underneath CPython's debug hooks.
     under_debug_hooks: bool,
+    /// The domains the heap serves.
+    domains: Domains,
+}
+
+/// Which of the MEM and OBJ domains `install` wraps (at least one).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Domains {
+    /// `PYMEM_DOMAIN_MEM` (`PyMem_Malloc`).
+    mem: bool,
+    /// `PYMEM_DOMAIN_OBJ` (`PyObject_Malloc`).
+    obj: bool,
+}
+
+impl Domains {
+    /// The accepted names, as `install` and `domains()` spell them.
+    const ACCEPTED: &'static str = "\"mem\" (PyMem_Malloc), \"obj\" (PyObject_Malloc)";
+
+    /// The names of the domains served, in order.
+    fn names(self) -> Vec<&'static str> {
+        [("mem", self.mem), ("obj", self.obj)]
+            .into_iter()
+            .filter_map(|(n, on)| on.then_some(n))
+            .collect()
+    }
 }
 
 static INSTALLED: OnceLock<Installed> = OnceLock::new();
@@ -216,8 +247,9 @@ extern "C" fn ft_malloc<H: Backing>(ctx: *mut c_void, size: usize) -> *mut c_voi
     // SAFETY: CPython passes the context `install` set with this function.
     let w = unsafe { wrapped::<H>(ctx) };
     if pooled(w, size) {
-        // SAFETY: a valid layout; CPython calls this domain with the GIL held, which serialises
-        // a GIL-mode heap (`install` built it for that).
+        // SAFETY: a valid layout; a GIL-mode heap exists only on a GIL build, where CPython
+        // calls this domain with the GIL held, which serialises it (`install` built it for
+        // that); the free-threaded heap (any build) may be called in parallel.
         unsafe { w.heap.alloc(layout(size)).cast() }
     } else {
         (w.malloc)(w.ctx, size)
@@ -397,6 +429,73 @@ fn env_mode_agrees(asked: &str) -> PyResult<()> {
     }
 }
 
+/// `install`'s `domains`: a non-empty list of `"mem"` and `"obj"`, each at most once.
+fn parse_domains(names: &[String]) -> PyResult<Domains> {
+    let mut d = Domains {
+        mem: false,
+        obj: false,
+    };
+    for name in names {
+        let slot = match name.as_str() {
+            "mem" => &mut d.mem,
+            "obj" => &mut d.obj,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "ftmalloc: domain {other:?} is not accepted; accepted values: {}",
+                    Domains::ACCEPTED
+                )))
+            }
+        };
+        if std::mem::replace(slot, true) {
+            return Err(PyValueError::new_err(format!(
+                "ftmalloc: domain {name:?} is named twice in domains={names:?}"
+            )));
+        }
+    }
+    if !(d.mem || d.obj) {
+        return Err(PyValueError::new_err(format!(
+            "ftmalloc: domains is empty; name at least one of {}",
+            Domains::ACCEPTED
+        )));
+    }
+    Ok(d)
+}
+
+/// On a free-threaded build: refuses while other threads may call the domains.
+/// `PyMem_SetAllocator` copies the new allocator over the old with plain stores and no
+/// stop-the-world (3.13.15 obmalloc.c:912-917), and nothing serialises the callers, so a
+/// thread could call a half-replaced allocator (the new `malloc` with the old, null context).
+/// Counted: threads started through `_thread` (and so `threading`) in this interpreter, and
+/// other interpreters (`_interpreters`, when a program imported it). pyo3 extensions load in
+/// the main interpreter only, so `install` runs there.
+fn others_running(py: Python<'_>) -> PyResult<()> {
+    const WHY: &str = "PyMem_SetAllocator swaps a domain's functions without stopping other \
+        threads, and without a GIL they could call a half-replaced allocator; install before \
+        starting threads (FTMALLOC_PYTHON installs at start-up)";
+    let threads: usize = PyModule::import(py, "_thread")?
+        .call_method0("_count")?
+        .extract()?;
+    if threads > 0 {
+        return Err(PyRuntimeError::new_err(format!(
+            "ftmalloc cannot install on a free-threaded build of CPython while {threads} other \
+             thread(s) run: {WHY}"
+        )));
+    }
+    let modules = PyModule::import(py, "sys")?.getattr("modules")?;
+    for name in ["_interpreters", "_xxsubinterpreters"] {
+        if let Some(m) = modules.get_item(name).ok().filter(|m| !m.is_none()) {
+            let n = m.call_method0("list_all")?.len()?;
+            if n > 1 {
+                return Err(PyRuntimeError::new_err(format!(
+                    "ftmalloc cannot install on a free-threaded build of CPython while {n} \
+                     interpreters exist: {WHY}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What the environment asks of the package's heap (read by `install`).
 struct Settings {
     /// `FTMALLOC_DEBUG`.
@@ -407,14 +506,27 @@ struct Settings {
     decay_ms: u64,
 }
 
-/// Makes ftmalloc the allocator of the MEM and OBJ domains of this process, in `mode`
-/// (`"gil"` or `"ft"`). Once per process; refused while tracemalloc traces (its hooks would be
+/// Makes ftmalloc the allocator of the MEM and OBJ domains of this process (or of the
+/// `domains` named: `"mem"`, `"obj"`), in `mode` (`"gil"` or `"ft"`).
+///
+/// On a free-threaded build (`Py_GIL_DISABLED`) only the MEM domain is served (the default
+/// there), and asking for the OBJ domain is refused: the free-threaded GC finds objects by
+/// walking mimalloc's heaps, so objects ftmalloc served would be invisible to it (issue 22).
+/// The MEM domain needs no grace period from the allocator there: memory that lock-free
+/// readers may still read (list item arrays, dict keys and values) is freed through
+/// `_PyMem_FreeDelayed`, which calls `PyMem_Free` only after a QSBR grace period
+/// (3.13.15: listobject.c:72, dictobject.c:854, 905, obmalloc.c:1130-1245), and mimalloc's own
+/// MEM heap has no `page_use_qsbr` (pystate.c:3111-3115). Without a GIL the domain is called
+/// in parallel, which the free-threaded heap (`"ft"`, thread caches) serves; `"gil"` is
+/// refused there. `PyMem_SetAllocator` swaps a domain's functions with plain stores, so on a
+/// free-threaded build `install` is also refused while other threads run. Once per process; refused while tracemalloc traces (its hooks would be
 /// wrapped, and stopping it would put back allocators that do not own our blocks). Reads
 /// `FTMALLOC_DEBUG`, `FTMALLOC_STATS`, `FTMALLOC_DECAY_MS` and `FTMALLOC_MODE` (which must
 /// agree with `mode` when set). Under CPython's debug hooks the heap serves underneath them
 /// (see [`Hooks`]). Nothing is changed when it raises.
 #[pyfunction]
-fn install(py: Python<'_>, mode: &str) -> PyResult<()> {
+#[pyo3(signature = (mode, domains = None))]
+fn install(py: Python<'_>, mode: &str, domains: Option<Vec<String>>) -> PyResult<()> {
     let (mode, mode_name) = match mode {
         "gil" => (Mode::Gil, "gil"),
         "ft" => (Mode::FreeThreaded, "ft"),
@@ -434,13 +546,36 @@ fn install(py: Python<'_>, mode: &str) -> PyResult<()> {
     // `sys.abiflags` has a `t` on a free-threaded build (Py_GIL_DISABLED); read from `sys`,
     // which is always loaded, so GIL mode's start-up imports nothing that ft mode's does not.
     let sys = PyModule::import(py, "sys")?;
-    if mode == Mode::Gil && sys.getattr("abiflags")?.extract::<String>()?.contains('t') {
+    let free_threaded = sys.getattr("abiflags")?.extract::<String>()?.contains('t');
+    if mode == Mode::Gil && free_threaded {
         // A free-threaded build calls these domains without a GIL: nothing would serialise a
         // GIL-mode heap.
         return Err(PyRuntimeError::new_err(
             "ftmalloc: mode \"gil\" needs a GIL build of CPython (this one is free-threaded, \
              Py_GIL_DISABLED); accepted here: \"ft\"",
         ));
+    }
+    let domains = match domains {
+        None => Domains {
+            mem: true,
+            obj: !free_threaded,
+        },
+        Some(names) => parse_domains(&names)?,
+    };
+    if domains.obj && free_threaded {
+        let version = sys.getattr("version")?.extract::<String>()?;
+        let version = version.split_whitespace().next().unwrap_or("?").to_string();
+        return Err(PyRuntimeError::new_err(format!(
+            "ftmalloc: the OBJ domain (PyObject_Malloc) cannot be served on this free-threaded \
+             build of CPython ({version}, Py_GIL_DISABLED): its garbage collector finds objects \
+             by walking mimalloc's heaps, so objects ftmalloc served would be invisible to it \
+             (their cycles never collected) and lock-free readers need their memory kept by \
+             size class; ftmalloc serves the MEM domain here and leaves the OBJ domain to \
+             mimalloc (install(mode) or domains=[\"mem\"]; issue 22 part 2 lifts this)"
+        )));
+    }
+    if free_threaded {
+        others_running(py)?;
     }
     env_mode_agrees(mode_name)?;
     let settings = Settings {
@@ -476,12 +611,14 @@ fn install(py: Python<'_>, mode: &str) -> PyResult<()> {
             mode_name,
             &settings,
             hooks,
+            domains,
         ),
         Mode::FreeThreaded => install_heap(
             Allocator::with_config(Mode::FreeThreaded, config).map_err(refused)?,
             mode_name,
             &settings,
             hooks,
+            domains,
         ),
     }
 }
@@ -583,6 +720,7 @@ fn install_heap<H: Backing>(
     mode_name: &'static str,
     settings: &Settings,
     hooks: Hooks,
+    domains: Domains,
 ) -> PyResult<()> {
     let (mem, obj) = match hooks {
         Hooks::Off => (
@@ -592,6 +730,7 @@ fn install_heap<H: Backing>(
         // SAFETY: `Hooks::find` found the contexts (see there); the GIL is held.
         Hooks::On { mem, obj } => unsafe { (copy_alloc(&(*mem).alloc), copy_alloc(&(*obj).alloc)) },
     };
+    let (mem_before, obj_before) = (copy_alloc(&mem), copy_alloc(&obj));
     // Everything that can fail is checked before anything is leaked or set.
     let heap: &'static H = Box::leak(Box::new(heap));
     let (wmem, wobj) = match (wrap("MEM", &mem, heap), wrap("OBJ", &obj, heap)) {
@@ -611,6 +750,7 @@ fn install_heap<H: Backing>(
             mode: mode_name,
             debug: settings.debug,
             under_debug_hooks: hooked,
+            domains,
         })
         .is_err()
     {
@@ -621,10 +761,13 @@ fn install_heap<H: Backing>(
         current(PyMemAllocatorDomain::PYMEM_DOMAIN_MEM),
         current(PyMemAllocatorDomain::PYMEM_DOMAIN_OBJ),
     );
-    for (domain, w) in [
-        (PyMemAllocatorDomain::PYMEM_DOMAIN_MEM, wmem),
-        (PyMemAllocatorDomain::PYMEM_DOMAIN_OBJ, wobj),
+    for (domain, w, on) in [
+        (PyMemAllocatorDomain::PYMEM_DOMAIN_MEM, wmem, domains.mem),
+        (PyMemAllocatorDomain::PYMEM_DOMAIN_OBJ, wobj, domains.obj),
     ] {
+        if !on {
+            continue;
+        }
         let mut a = PyMemAllocatorEx {
             ctx: Box::into_raw(Box::new(w)).cast(),
             malloc: Some(ft_malloc::<H>),
@@ -649,8 +792,20 @@ fn install_heap<H: Backing>(
         // SAFETY: as in `Hooks::find`.
         let under = unsafe { ((*mem).alloc.malloc, (*obj).alloc.malloc) };
         let ours = Some(ft_malloc::<H> as MallocFn as usize);
+        // A domain not served keeps the allocator the hooks wrapped before.
+        let want = |on: bool, before: &PyMemAllocatorEx| {
+            if on {
+                ours
+            } else {
+                before.malloc.map(|f| f as usize)
+            }
+        };
         let (m, o) = (under.0.map(|f| f as usize), under.1.map(|f| f as usize));
-        if !(same(&now.0, &top.0) && same(&now.1, &top.1) && m == ours && o == ours) {
+        if !(same(&now.0, &top.0)
+            && same(&now.1, &top.1)
+            && m == want(domains.mem, &mem_before)
+            && o == want(domains.obj, &obj_before))
+        {
             // The domains are neither as they were nor as intended; blocks of both kinds are
             // live, so no state is safe to go back to.
             eprintln!(
@@ -728,6 +883,13 @@ fn under_debug_hooks() -> Option<bool> {
     INSTALLED.get().map(|i| i.under_debug_hooks)
 }
 
+/// The domains the installed heap serves (`["mem", "obj"]`; `["mem"]` on a free-threaded
+/// build), or `None` before `install`.
+#[pyfunction]
+fn domains() -> Option<Vec<&'static str>> {
+    INSTALLED.get().map(|i| i.domains.names())
+}
+
 /// Whether `address` lies inside the installed heap's arenas (its arena map answers; safe for
 /// any address): `id(obj)` of an object the heap serves says true. False before `install`.
 #[pyfunction]
@@ -739,9 +901,10 @@ fn owns(address: usize) -> bool {
 
 /// A snapshot of the installed heap, or `None` before `install`.
 fn snapshot() -> Option<Stats> {
-    // The GIL is held (a Python function), which serialises a GIL-mode heap; the snapshot
-    // allocates nothing, so no allocation of ours re-enters the heap while it is taken.
-    // SAFETY: the GIL is held (the trait's contract for a serialised heap).
+    // A GIL-mode heap exists only on a GIL build, where the GIL is held (a Python function)
+    // and serialises it; the free-threaded heap's snapshot runs beside allocating threads.
+    // The snapshot allocates nothing, so no allocation of ours re-enters the heap meanwhile.
+    // SAFETY: the trait's contract: for a serialised heap, the GIL is held (see above).
     INSTALLED.get().map(|i| unsafe { i.heap.stats() })
 }
 
@@ -805,12 +968,22 @@ fn stats_text() -> Option<String> {
 }
 
 /// The Rust half of the `ftmalloc` package (see the module docs).
-#[pymodule]
+///
+/// `gil_used = false` (the module does not need the GIL of a free-threaded build): its one
+/// piece of state is `INSTALLED`, a `OnceLock`; `mode`, `debug`, `under_debug_hooks`,
+/// `domains` and `owns` only read it (and the arena map, safe for any address); `stats` and
+/// `stats_text` read a free-threaded heap, whose `stats` runs beside allocating threads (a
+/// `SerializedAllocator`, which needs the GIL, is only built on GIL builds: `install` refuses
+/// "gil" on a free-threaded one); `install` refuses there while other threads run. The four
+/// allocator functions call only the free-threaded heap (thread caches) and the wrapped
+/// allocator there.
+#[pymodule(gil_used = false)]
 fn _ftmalloc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(install, m)?)?;
     m.add_function(wrap_pyfunction!(mode, m)?)?;
     m.add_function(wrap_pyfunction!(debug, m)?)?;
     m.add_function(wrap_pyfunction!(owns, m)?)?;
+    m.add_function(wrap_pyfunction!(domains, m)?)?;
     m.add_function(wrap_pyfunction!(under_debug_hooks, m)?)?;
     m.add_function(wrap_pyfunction!(stats, m)?)?;
     m.add_function(wrap_pyfunction!(stats_text, m)?)?;

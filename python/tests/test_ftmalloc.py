@@ -7,14 +7,49 @@ import subprocess
 import sys
 import textwrap
 
+import sysconfig
+
 import pytest
 
+#: A free-threaded build (3.13t, Py_GIL_DISABLED): no GIL, and its GC walks mimalloc's heaps.
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+#: The skip-marks, by interpreter kind only, each named.
+needs_free_threaded = pytest.mark.skipif(
+    not FREE_THREADED, reason="needs a free-threaded build of CPython (Py_GIL_DISABLED)")
+needs_gil_build = pytest.mark.skipif(
+    FREE_THREADED, reason="needs a GIL build of CPython (mode gil; the OBJ domain is served)")
+
+#: Tests that check objects the heap served (the OBJ domain: owns(id(obj)), object blocks'
+#: debug checks, stats counting objects): a free-threaded build leaves that domain to mimalloc.
+checks_objects_served = pytest.mark.skipif(
+    FREE_THREADED, reason="checks objects served by the heap (the OBJ domain), which a "
+    "free-threaded build leaves to mimalloc")
+
 MODES = ["gil", "ft"]
+#: MODES as test parameters: mode "gil" needs a GIL build.
+MODE_PARAMS = [pytest.param("gil", marks=needs_gil_build), "ft"]
 # The allocator install wraps: pymalloc (the default), or pymalloc behind CPython's debug hooks,
 # which abort on a pointer they did not hand out (so a block of ours, or glibc's, sent to the
 # wrapped allocator is caught), or plain malloc.
 # Under the debug hooks (debug, malloc_debug) ftmalloc serves underneath them.
-WRAPPED = ["pymalloc", "debug", "malloc", "malloc_debug"]
+# A free-threaded build accepts only its mimalloc (plain and behind the hooks).
+WRAPPED = (["mimalloc", "debug", "mimalloc_debug"] if FREE_THREADED
+           else ["pymalloc", "debug", "malloc", "malloc_debug"])
+# served(): whether a fresh PyMem_Malloc block (the MEM domain, served on both kinds of build)
+# is the heap's.
+SERVED = """
+    import ctypes as _ctypes, ftmalloc as _ftmalloc
+    _api = _ctypes.pythonapi
+    _api.PyMem_Malloc.restype = _ctypes.c_void_p
+    _api.PyMem_Malloc.argtypes = [_ctypes.c_size_t]
+    _api.PyMem_Free.argtypes = [_ctypes.c_void_p]
+    def served():
+        p = _api.PyMem_Malloc(48)
+        try:
+            return _ftmalloc.owns(p)
+        finally:
+            _api.PyMem_Free(p)
+"""
 
 
 def run(code, env=None, args=(), cwd=None, timeout=120):
@@ -42,7 +77,8 @@ def test_nothing_installed_without_install():
 
 
 @pytest.mark.parametrize("wrapped", WRAPPED)
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
+@checks_objects_served
 def test_objects_before_and_after_install(mode, wrapped):
     out = ok(run(f"""
         import ftmalloc
@@ -77,7 +113,8 @@ def test_objects_before_and_after_install(mode, wrapped):
 
 
 @pytest.mark.parametrize("wrapped", WRAPPED)
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
+@checks_objects_served
 def test_realloc_across_the_boundary_through_the_c_api(mode, wrapped):
     ok(run(f"""
         import ctypes, ftmalloc
@@ -134,7 +171,8 @@ def test_realloc_across_the_boundary_through_the_c_api(mode, wrapped):
 
 
 @pytest.mark.parametrize("wrapped", WRAPPED)
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
+@checks_objects_served
 def test_growing_objects_across_the_boundary(mode, wrapped):
     out = ok(run(f"""
         import ctypes, ftmalloc
@@ -168,7 +206,8 @@ def test_growing_objects_across_the_boundary(mode, wrapped):
     assert out.strip() == str(len(range(0, 2000, 7)))
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
+@checks_objects_served
 def test_threads_allocate_and_hand_objects_over(mode):
     out = ok(run(f"""
         import ftmalloc, queue, threading
@@ -223,12 +262,12 @@ def test_threads_allocate_and_hand_objects_over(mode):
     assert out.split() == [mode]
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 def test_stats(mode):
     out = ok(run(f"""
         import io, ftmalloc
         ftmalloc.install({mode!r})
-        keep = [str(i) for i in range(10000)]
+        keep = [{{i: i}} for i in range(10000)]  # dict keys objects: the MEM domain
         s = ftmalloc.stats()
         assert s["mode"] == {mode!r}, s["mode"]
         assert s["small_limit"] == 512 and s["pool_size"] == 16384 and s["arena_size"] == 1 << 20
@@ -275,7 +314,7 @@ def test_bad_mode(arg, exc, words):
     assert out.splitlines()[-1] == "None"
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 def test_second_install_refused(mode):
     out = ok(run(f"""
         import ftmalloc
@@ -312,7 +351,11 @@ def test_tracemalloc_refused_and_nothing_left_half_installed():
         y = [str(i) for i in range(1000)]
         assert tracemalloc.get_traced_memory()[0] > 0
         tracemalloc.stop()
-        assert ftmalloc.owns(id(y[-1]))
+        if "obj" in ftmalloc.domains():
+            assert ftmalloc.owns(id(y[-1]))
+        else:                            # a free-threaded build: the MEM domain only
+            keys = [{i: i} for i in range(100)]  # dict keys objects: PyMem_Malloc
+            assert ftmalloc.stats()["blocks_in_use"] >= 100
         print(ftmalloc.mode())
     """))
     assert "while tracemalloc is tracing" in out, out
@@ -323,7 +366,7 @@ def test_bad_ftmalloc_debug_refused():
     out = ok(run("""
         import ftmalloc
         try:
-            ftmalloc.install("gil")
+            ftmalloc.install("ft")
         except ValueError as e:
             print(e)
         print(ftmalloc.mode())
@@ -340,7 +383,7 @@ def test_bad_ftmalloc_python_stops_start_up(value):
     assert f"FTMALLOC_PYTHON={value!r} is not accepted; accepted values: gil, ft" in r.stderr
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 def test_ftmalloc_python_installs_at_start_up_and_in_children(mode, tmp_path):
     # A script file: multiprocessing's spawned child imports the parent's __main__ from it.
     script = tmp_path / "parent.py"
@@ -367,14 +410,14 @@ def test_empty_ftmalloc_python_is_off():
     assert out.strip() == "None"
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 def test_regrtest_workers_run_on_ftmalloc(mode, tmp_path):
-    (tmp_path / "test_ftmalloc_worker.py").write_text(textwrap.dedent(f"""
+    (tmp_path / "test_ftmalloc_worker.py").write_text(textwrap.dedent(SERVED) + textwrap.dedent(f"""
         import os, unittest, ftmalloc
         class T(unittest.TestCase):
             def test_installed_in_worker(self):
                 self.assertEqual(ftmalloc.mode(), {mode!r})
-                self.assertTrue(ftmalloc.owns(id([1, 2, 3])))
+                self.assertTrue(served())
                 self.assertNotEqual(os.getpid(), int(os.environ["PARENT_PID"]))
     """))
     r = run(None, env={"FTMALLOC_PYTHON": mode, "PARENT_PID": "0"},
@@ -386,7 +429,7 @@ def test_regrtest_workers_run_on_ftmalloc(mode, tmp_path):
     assert "Result: SUCCESS" in r.stdout and "Total tests: run=1" in r.stdout, r.stdout
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 def test_run_script(mode, tmp_path):
     script = tmp_path / "prog.py"
     script.write_text(textwrap.dedent("""
@@ -412,7 +455,7 @@ def test_run_script_exception_exits_1(tmp_path):
     assert r.returncode == 1 and "KeyError: 'boom'" in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 def test_run_module(mode, tmp_path):
     pkg = tmp_path / "mypkg"
     pkg.mkdir()
@@ -429,6 +472,7 @@ def test_run_module(mode, tmp_path):
     assert r.stdout.strip().endswith(f"['3', 'x'] {mode}"), r.stdout
 
 
+@needs_gil_build
 def test_run_default_mode_follows_the_environment(tmp_path):
     script = tmp_path / "m.py"
     script.write_text("import ftmalloc; print(ftmalloc.mode())\n")
@@ -458,8 +502,8 @@ def test_run_bad_arguments(args, words):
     assert r.returncode == 2 and words in r.stderr, (r.returncode, r.stderr)
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("domain", ["PyMem", "PyObject"])
+@pytest.mark.parametrize("mode", MODE_PARAMS)
+@pytest.mark.parametrize("domain", ["PyMem", pytest.param("PyObject", marks=checks_objects_served)])
 def test_debug_mode_double_free_aborts_naming_the_pointer(mode, domain):
     r = run(f"""
         import ctypes, sys, ftmalloc
@@ -483,7 +527,8 @@ def test_debug_mode_double_free_aborts_naming_the_pointer(mode, domain):
 
 
 @pytest.mark.parametrize("wrapped", WRAPPED)
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
+@checks_objects_served
 def test_debug_mode_runs_python_code(mode, wrapped):
     out = ok(run(f"""
         import ftmalloc
@@ -505,32 +550,32 @@ def test_debug_mode_runs_python_code(mode, wrapped):
 
 # --- CPython's debug hooks (PYTHONMALLOC=debug, -X dev): ftmalloc serves underneath them.
 
-DEBUG_HOOKS = [({"PYTHONMALLOC": "debug"}, ()), ({"PYTHONMALLOC": "malloc_debug"}, ()),
+_HOOKED = "mimalloc_debug" if FREE_THREADED else "malloc_debug"
+DEBUG_HOOKS = [({"PYTHONMALLOC": "debug"}, ()), ({"PYTHONMALLOC": _HOOKED}, ()),
                ({}, ("-X", "dev"))]
-DEBUG_IDS = ["PYTHONMALLOC=debug", "PYTHONMALLOC=malloc_debug", "-X dev"]
+DEBUG_IDS = ["PYTHONMALLOC=debug", f"PYTHONMALLOC={_HOOKED}", "-X dev"]
 
 
 @pytest.mark.parametrize("env, args", DEBUG_HOOKS, ids=DEBUG_IDS)
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 def test_debug_hooks_check_the_heaps_blocks(mode, env, args):
     # A buffer overflow by one byte past a 16-byte PyMem_Malloc block: the hooks' trailing
     # guard bytes catch it at free, so the block must have passed through them.
-    r = run(f"""
-        import _testcapi, ftmalloc
-        ftmalloc.install({mode!r})
-        assert ftmalloc.under_debug_hooks() is True
-        x = [str(i) for i in range(1000)]
-        assert ftmalloc.owns(id(x[-1]))
-        print("installed", flush=True)
-        _testcapi.pymem_buffer_overflow()
-        print("survived", flush=True)
+    r = run(SERVED + f"""
+    import _testcapi, ftmalloc
+    ftmalloc.install({mode!r})
+    assert ftmalloc.under_debug_hooks() is True
+    assert served()
+    print("installed", flush=True)
+    _testcapi.pymem_buffer_overflow()
+    print("survived", flush=True)
     """, env=env, args=args)
     assert r.returncode == -signal.SIGABRT, (r.returncode, r.stdout, r.stderr)
     assert r.stdout.split() == ["installed"], r.stdout
     assert "bad trailing pad byte" in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 def test_debug_hooks_catch_api_misuse_on_the_heaps_blocks(mode):
     # PyMem_Malloc'ed, PyMem_RawFree'd: the hooks' API id says so.
     r = run(f"""
@@ -545,7 +590,7 @@ def test_debug_hooks_catch_api_misuse_on_the_heaps_blocks(mode):
     assert "bad ID: Allocated using API 'm', verified using API 'r'" in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 def test_no_debug_hooks_without_the_setting(mode):
     out = ok(run(f"""
         import ftmalloc
@@ -581,7 +626,7 @@ def test_debug_hooks_wrapped_by_another_allocator_refused(env, args, setting):
     assert out.splitlines()[-1] == "True", out
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 @pytest.mark.parametrize("wrapped", WRAPPED)
 def test_raw_domain_left_alone(mode, wrapped):
     out = ok(run(f"""
@@ -619,22 +664,22 @@ def test_raw_domain_left_alone(mode, wrapped):
     ({}, ("-X", "tracemalloc=3"), 3),
     ({"PYTHONTRACEMALLOC": "1", "PYTHONMALLOC": "debug"}, (), 1),
 ], ids=["PYTHONTRACEMALLOC=5", "-X tracemalloc=3", "PYTHONTRACEMALLOC=1+debug"])
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 def test_tracemalloc_at_start_up(mode, env, args, frames):
-    out = ok(run("""
-        import ftmalloc, tracemalloc
-        x = [str(i) * 3 for i in range(1000)]
-        tb = tracemalloc.get_object_traceback(x[-1])
-        print(ftmalloc.mode(), tracemalloc.is_tracing(), tracemalloc.get_traceback_limit(),
-              tb is not None and tb[0].lineno == 3, ftmalloc.owns(id(x[-1])))
-        tracemalloc.stop()
-        y = [str(i) * 3 for i in range(1000)]
-        print(ftmalloc.owns(id(y[-1])))
+    line = SERVED.count("\n") + 3  # of `x = ...` below
+    out = ok(run(SERVED + f"""
+    import ftmalloc, tracemalloc
+    x = [str(i) * 3 for i in range(1000)]
+    tb = tracemalloc.get_object_traceback(x[-1])
+    print(ftmalloc.mode(), tracemalloc.is_tracing(), tracemalloc.get_traceback_limit(),
+          tb is not None and tb[0].lineno == {line}, served())
+    tracemalloc.stop()
+    print(served())
     """, env={"FTMALLOC_PYTHON": mode, **env}, args=args))
     assert out.split() == [mode, "True", str(frames), "True", "True", "True"], out
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 def test_debugmallocstats_shows_the_heap(mode):
     r = run("""
         import sys
@@ -652,7 +697,7 @@ def test_debugmallocstats_shows_the_heap(mode):
     assert "free PyDictObjects" in err, err
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 def test_ftmalloc_stats_at_exit(mode):
     r = run("x = [str(i) for i in range(5000)]; print('done')",
             env={"FTMALLOC_PYTHON": mode, "FTMALLOC_STATS": "1"})
@@ -701,7 +746,7 @@ def test_bad_environment_refused(var, value, accepted):
     assert out.splitlines()[-1] == "None"
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 def test_ftmalloc_mode_contradicting_ftmalloc_python_refused(mode):
     other = "gil" if mode == "ft" else "ft"
     r = run("print('started')", env={"FTMALLOC_PYTHON": mode, "FTMALLOC_MODE": other})
@@ -724,7 +769,7 @@ def test_dash_S_skips_the_start_up_hook():
     assert r.returncode == 2
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 def test_dash_I_runs_the_start_up_hook(mode):
     out = ok(run("import ftmalloc; print(ftmalloc.mode())", env={"FTMALLOC_PYTHON": mode},
                  args=["-I"]))
@@ -790,3 +835,215 @@ def test_run_module_traceback_as_python(tmp_path):
     py, ft = python_and_run(["-m", "boomm"], tmp_path)
     assert py.returncode == ft.returncode == 1
     assert ft.stderr == py.stderr, (py.stderr, ft.stderr)
+
+
+# --- Free-threaded builds (issue 22, "A defect first"): the MEM domain only -----------------
+
+#: The domains install serves by default on this interpreter.
+DEFAULT_DOMAINS = ["mem"] if FREE_THREADED else ["mem", "obj"]
+#: The modes this interpreter accepts.
+OK_MODES = ["ft"] if FREE_THREADED else MODES
+
+# Two-object cycles made with the collector off; gc.collect() then counts what it found.
+CYCLES = """
+    import gc
+    class Node:
+        pass
+    def cycles(n):
+        gc.disable()
+        gc.collect()
+        for _ in range(n):
+            a, b = Node(), Node()
+            a.other, b.other = b, a
+        del a, b
+        found = gc.collect()
+        gc.enable()
+        return found
+"""
+
+
+@pytest.mark.parametrize("mode", OK_MODES)
+def test_gc_finds_every_cycle(mode):
+    # On 3.13t the OBJ domain served by ftmalloc hid every object from the GC (it walks
+    # mimalloc's heaps): 0 found instead of 40000 (two objects per cycle).
+    out = ok(run(CYCLES + f"""
+    import ftmalloc
+    without = cycles(20000)
+    ftmalloc.install({mode!r})
+    with_ = cycles(20000)
+    print(without, with_)
+    """))
+    without, with_ = map(int, out.split())
+    assert without >= 40000, out
+    assert with_ == without, out
+
+
+def test_gc_finds_every_cycle_with_the_start_up_hook():
+    out = ok(run(CYCLES + """
+    import ftmalloc
+    print(ftmalloc.mode(), cycles(20000))
+    """, env={"FTMALLOC_PYTHON": "ft"}))
+    mode, found = out.split()
+    assert mode == "ft" and int(found) >= 40000, out
+
+
+# Blocks of each domain through the C-API (ctypes.pythonapi calls with a thread state attached).
+CAPI = """
+    import ctypes
+    api = ctypes.pythonapi
+    for f in ("PyMem_Malloc", "PyObject_Malloc"):
+        getattr(api, f).restype = ctypes.c_void_p
+        getattr(api, f).argtypes = [ctypes.c_size_t]
+    for f in ("PyMem_Free", "PyObject_Free"):
+        getattr(api, f).restype = None
+        getattr(api, f).argtypes = [ctypes.c_void_p]
+"""
+
+
+def test_domains_served_by_default():
+    out = ok(run(CAPI + """
+    import ftmalloc
+    print(ftmalloc.domains())
+    ftmalloc.install()
+    print(ftmalloc.domains())
+    m, o = api.PyMem_Malloc(64), api.PyObject_Malloc(64)
+    objs = [str(i) * 3 for i in range(1000)]
+    print(ftmalloc.owns(m), ftmalloc.owns(o), sum(map(ftmalloc.owns, map(id, objs))))
+    api.PyMem_Free(m); api.PyObject_Free(o)
+    """))
+    lines = out.splitlines()
+    assert lines[0] == "None" and lines[1] == repr(DEFAULT_DOMAINS), out
+    mem, obj, objs = lines[2].split()
+    assert mem == "True", out
+    # The OBJ domain is the heap's on a GIL build, left to mimalloc on a free-threaded one.
+    assert obj == str(not FREE_THREADED) and (int(objs) == 0) == FREE_THREADED, out
+
+
+@needs_free_threaded
+def test_start_up_hook_serves_the_mem_domain_only_on_free_threaded_builds():
+    out = ok(run(CAPI + """
+    import ftmalloc
+    m = api.PyMem_Malloc(100)
+    print(ftmalloc.mode(), ftmalloc.domains(), ftmalloc.owns(m), ftmalloc.owns(id(str(m))))
+    """, env={"FTMALLOC_PYTHON": "ft"}))
+    assert out.split() == ["ft", "['mem']", "True", "False"], out
+
+
+@needs_free_threaded
+@pytest.mark.parametrize("domains", [["mem", "obj"], ["obj"]])
+def test_obj_domain_refused_on_free_threaded_builds(domains):
+    out = ok(run(f"""
+        import ftmalloc, sys
+        try:
+            ftmalloc.install("ft", {domains!r})
+        except RuntimeError as e:
+            print(e)
+        else:
+            raise SystemExit("OBJ domain accepted")
+        print(ftmalloc.mode(), ftmalloc.domains())
+        print(sys.version.split()[0])
+    """))
+    message, state, version = out.splitlines()
+    for w in ["OBJ domain", "PyObject_Malloc", "free-threaded", version, "Py_GIL_DISABLED",
+              "garbage collector", "mimalloc"]:
+        assert w in message, out
+    assert state == "None None", out
+
+
+@needs_gil_build
+def test_mem_domain_only_on_request():
+    out = ok(run(CAPI + """
+    import ftmalloc
+    ftmalloc.install("gil", ["mem"])
+    m, o = api.PyMem_Malloc(64), api.PyObject_Malloc(64)
+    print(ftmalloc.domains(), ftmalloc.owns(m), ftmalloc.owns(o), ftmalloc.owns(id(str(m))))
+    api.PyMem_Free(m); api.PyObject_Free(o)
+    """))
+    assert out.split() == ["['mem']", "True", "False", "False"], out
+
+
+@pytest.mark.parametrize(
+    "arg, exc, words",
+    [
+        ('["heap"]', "ValueError", ['domain "heap" is not accepted', '"mem"', '"obj"']),
+        ('[]', "ValueError", ["domains is empty"]),
+        ('["mem", "mem"]', "ValueError", ['"mem" is named twice']),
+        ('"mem"', "TypeError", ["must be a list of str"]),
+    ],
+)
+def test_bad_domains(arg, exc, words):
+    out = ok(run(f"""
+        import ftmalloc
+        try:
+            ftmalloc.install("ft", {arg})
+        except {exc} as e:
+            print(e)
+        else:
+            raise SystemExit("no exception")
+        print(ftmalloc.mode())
+    """))
+    for w in words:
+        assert w in out, out
+    assert out.splitlines()[-1] == "None"
+
+
+@needs_free_threaded
+def test_install_refused_while_threads_run_on_free_threaded_builds():
+    out = ok(run("""
+        import ftmalloc, threading
+        stop = threading.Event()
+        t = threading.Thread(target=stop.wait)
+        t.start()
+        try:
+            ftmalloc.install("ft")
+        except RuntimeError as e:
+            print(e)
+        else:
+            raise SystemExit("installed beside a running thread")
+        stop.set(); t.join()
+        print(ftmalloc.mode())
+        ftmalloc.install("ft")
+        print(ftmalloc.mode())
+    """))
+    lines = out.splitlines()
+    assert "while 1 other thread(s) run" in lines[0] and "PyMem_SetAllocator" in lines[0], out
+    assert lines[1:] == ["None", "ft"], out
+
+
+@pytest.mark.parametrize("mode", OK_MODES)
+def test_threads_allocate_through_pymem_concurrently(mode):
+    # Without a GIL (3.13t) the MEM domain is called in parallel: the heap's thread caches
+    # serve it. Each thread's blocks keep their bytes while the others allocate and free.
+    out = ok(run(CAPI + f"""
+    import ftmalloc, threading
+    ftmalloc.install({mode!r})
+    THREADS, ROUNDS = 6, 300
+    errors = []
+    start = threading.Barrier(THREADS)
+    def work(t):
+        start.wait()
+        lists = []
+        for r in range(ROUNDS):
+            blocks = []
+            for size in range(8, 513, 24):
+                p = api.PyMem_Malloc(size)
+                if not ftmalloc.owns(p):
+                    errors.append(("not the heap's", t, size))
+                ctypes.memset(p, t + 1, size)
+                blocks.append((p, size))
+            for p, size in blocks:
+                if ctypes.string_at(p, size) != bytes([t + 1]) * size:
+                    errors.append(("overwritten", t, r, size))
+                api.PyMem_Free(p)
+            # List item arrays grow through PyMem_Realloc.
+            lists.append([t] * (r % 50))
+            lists[-1].extend(range(r % 30))
+            if len(lists) > 40:
+                del lists[:20]
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(THREADS)]
+    for th in threads: th.start()
+    for th in threads: th.join()
+    assert not errors, errors[:10]
+    print(ftmalloc.stats()["mode"])
+    """))
+    assert out.split() == [mode], out

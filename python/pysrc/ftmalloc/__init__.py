@@ -10,6 +10,11 @@ Modes: ``"gil"`` runs pymalloc's algorithms with no lock of their own, serialise
 their own, 3.12's ``own_gil``, need "ft"); ``"ft"`` runs the free-threaded heap (thread
 caches, no lock).
 
+On a free-threaded build (3.13t, ``Py_GIL_DISABLED``) only the MEM domain (``PyMem_Malloc``)
+is served, by the "ft" heap; the OBJ domain stays mimalloc's (its GC finds objects by walking
+mimalloc's heaps), and ``install(domains=["mem", "obj"])`` is refused there, saying why.
+``domains()`` names what is served.
+
 There is no uninstall: blocks of the heap must never reach the wrapped allocator.
 ``install`` refuses a second call, an unknown mode, a bad ``FTMALLOC_DEBUG``,
 ``FTMALLOC_STATS`` or ``FTMALLOC_DECAY_MS``, an ``FTMALLOC_MODE`` that names another mode, and
@@ -29,7 +34,7 @@ import sys
 from ftmalloc import _ftmalloc
 
 __all__ = [
-    "MODES", "ENV", "install", "mode", "debug", "under_debug_hooks", "owns", "stats",
+    "MODES", "ENV", "install", "mode", "domains", "debug", "under_debug_hooks", "owns", "stats",
     "print_stats",
 ]
 
@@ -39,8 +44,13 @@ MODES = ("gil", "ft")
 ENV = "FTMALLOC_PYTHON"
 
 
-def install(mode="ft"):
+def install(mode="ft", domains=None):
     """Make ftmalloc the allocator of the MEM and OBJ domains, in ``mode`` ("gil" or "ft").
+
+    ``domains``: the domains to serve, a list of "mem" (PyMem_Malloc) and "obj"
+    (PyObject_Malloc); by default both, and "mem" only on a free-threaded build, where "obj"
+    is refused (the free-threaded GC walks mimalloc's heaps to find objects) and so is an
+    install while other threads run. ``domains()`` says what was installed.
 
     Reads FTMALLOC_DEBUG (debug mode), FTMALLOC_STATS (statistics on stderr at exit),
     FTMALLOC_DECAY_MS (free-threaded mode's page decay) and FTMALLOC_MODE (must agree with
@@ -54,7 +64,14 @@ def install(mode="ft"):
             f"ftmalloc: mode must be a str, not {type(mode).__name__} ({mode!r}); "
             f"accepted values: {', '.join(repr(m) for m in MODES)}"
         )
-    _ftmalloc.install(mode)
+    if domains is not None:
+        if isinstance(domains, str) or not all(isinstance(d, str) for d in domains):
+            raise TypeError(
+                f"ftmalloc: domains must be a list of str, not {domains!r}; "
+                "accepted values: 'mem', 'obj'"
+            )
+        domains = list(domains)
+    _ftmalloc.install(mode, domains)
     _wrap_debugmallocstats()
 
 
@@ -82,6 +99,12 @@ def _wrap_debugmallocstats():
 def mode():
     """The installed mode ("gil" or "ft"), or None when ftmalloc is not installed."""
     return _ftmalloc.mode()
+
+
+def domains():
+    """The domains the installed heap serves: ["mem", "obj"], or ["mem"] on a free-threaded
+    build (the OBJ domain stays mimalloc's there); None before install."""
+    return _ftmalloc.domains()
 
 
 def debug():

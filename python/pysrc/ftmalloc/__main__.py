@@ -101,7 +101,13 @@ def _run(args):
         sys.argv = ["-c", *rest]
         sys.path[0] = ""
         main = _fresh_main()
-        exec(compile(code, "<string>", "exec"), main.__dict__)
+        compiled = compile(code, "<string>", "exec")
+        # 3.13's `python -c` registers the code's source for tracebacks (pythonrun.c run_mod,
+        # linecache._register_code); earlier versions print no source lines for "<string>".
+        register = getattr(__import__("linecache"), "_register_code", None)
+        if register is not None:
+            register(compiled, code, "<string>")
+        exec(compiled, main.__dict__)
     else:
         script, rest = args[0], args[1:]
         if script.startswith("-"):
