@@ -268,7 +268,14 @@ fn run(data: &[u8]) {
                         heap.trim();
                     }
                 }
-                _ => m.check_stats("check"),
+                _ => {
+                    // The handle's batched remote frees count as in use until published
+                    // (`ThreadCache::flush`'s contract); the model has them freed already.
+                    if let Some(h) = handle.as_mut() {
+                        h.flush();
+                    }
+                    m.check_stats("check")
+                }
             }
             assert!(m.len() <= MAX_LIVE + 1);
             if m.len() > MAX_LIVE {
@@ -278,6 +285,9 @@ fn run(data: &[u8]) {
                 // SAFETY: a live block of this heap, freed once.
                 unsafe { heap.dealloc(b.ptr as *mut u8, b.layout) };
             }
+        }
+        if let Some(h) = handle.as_mut() {
+            h.flush();
         }
         m.check_stats("end of input");
         while let Some(b) = m.take(0) {
