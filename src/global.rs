@@ -119,9 +119,9 @@ impl FtMalloc {
     #[inline(always)]
     pub fn malloc_fast(size: usize) -> *mut u8 {
         match FtMalloc::fast_ft() {
-            // SAFETY: alignment 16, and `try_alloc_fast` serves only 1 <= size <= small limit;
-            // READY_FT promises pymalloc's geometry.
-            Some(h) => unsafe { h.try_alloc_fast(Layout::from_size_align_unchecked(size, 16)) },
+            // SAFETY: READY_FT promises pymalloc's geometry; `try_alloc_fast` checks the size
+            // (any value) before it serves it.
+            Some(h) => unsafe { h.try_alloc_fast(size) },
             None => core::ptr::null_mut(),
         }
     }
@@ -151,11 +151,11 @@ impl FtMalloc {
     pub fn malloc_fast_gil(size: usize) -> *mut u8 {
         if STATE.load(Ordering::Acquire) == READY_GIL {
             // SAFETY: READY_GIL is stored (release) only after a GIL-mode instance with
-            // pymalloc's geometry was written; alignment 16 and the size bound are checked by
-            // `try_alloc_fast`.
+            // pymalloc's geometry was written; `try_alloc_fast` checks the size (any value)
+            // before it serves it.
             unsafe {
                 let h = (*HEAP.0.get()).assume_init_ref().as_gil_unchecked();
-                h.try_alloc_fast(Layout::from_size_align_unchecked(size, 16))
+                h.try_alloc_fast(size)
             }
         } else {
             core::ptr::null_mut()

@@ -338,23 +338,23 @@ impl<F: Front> Heap<F> {
         unsafe { self.alloc_plain(layout, F::NO_LOCAL) }
     }
 
-    /// The fast path of the process-wide heap's `malloc` (debug mode off, pymalloc's geometry): a block for a small
-    /// `layout` from the calling thread's own state, or null when it misses (nothing done:
-    /// the caller then takes [`alloc_nodebug`](Self::alloc_nodebug)).
+    /// The fast path of the process-wide heap's C `malloc` (debug mode off, pymalloc's
+    /// geometry): a block of `size` bytes at alignment 16 from the calling thread's own state,
+    /// or null when it misses (nothing done: the caller then takes its general path). Any
+    /// `size` is accepted: no `Layout` is made for one the fast path does not serve (a C
+    /// caller's size may exceed what a `Layout` can hold).
     ///
     /// # Safety
     /// The heap's geometry is pymalloc's (`PYMALLOC_GEOMETRY`).
     #[inline(always)]
-    pub(crate) unsafe fn try_alloc_fast(&self, layout: Layout) -> *mut u8 {
+    pub(crate) unsafe fn try_alloc_fast(&self, size: usize) -> *mut u8 {
         let geo = self.fast_geometry();
-        if cfg!(feature = "asan")
-            || layout.size().wrapping_sub(1) >= geo.small_limit
-            || layout.align() > ALIGNMENT
-        {
+        if cfg!(feature = "asan") || size.wrapping_sub(1) >= geo.small_limit {
             return ptr::null_mut();
         }
+        // 1 <= size <= small limit, alignment 16 (ALIGNMENT): what a pool block gives.
         self.front
-            .alloc_fast(size_to_class(layout.size()), geo, &self.arenas)
+            .alloc_fast(size_to_class(size), geo, &self.arenas)
     }
 
     /// The geometry for the fast paths: the process-wide heap's is always pymalloc's, a

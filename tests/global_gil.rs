@@ -701,3 +701,29 @@ fn the_environment_does_not_apply_to_instances() {
         );
     }
 }
+
+/// C `malloc`'s fast paths (`FtMalloc::malloc_fast`, `malloc_fast_gil`) take any `size_t`: a
+/// size they do not serve misses (null) without being made into a `Layout`, which cannot hold
+/// sizes near `usize::MAX`. The `c_abi` fuzz target found `malloc(SIZE_MAX - k)` violating
+/// `Layout::from_size_align_unchecked`'s precondition (an abort under debug assertions, as in
+/// this test). A child per mode, so that mode's fast path is the live one.
+#[test]
+fn c_malloc_fast_paths_take_any_size() {
+    if is_child() {
+        for size in [0, 513, isize::MAX as usize, usize::MAX - 15, usize::MAX] {
+            assert!(FtMalloc::malloc_fast(size).is_null(), "malloc_fast({size})");
+            assert!(
+                FtMalloc::malloc_fast_gil(size).is_null(),
+                "malloc_fast_gil({size})"
+            );
+        }
+        return;
+    }
+    for mode in common::modes() {
+        run_passing(
+            "c_malloc_fast_paths_take_any_size",
+            &[("FTMALLOC_MODE", mode.name())],
+            mode,
+        );
+    }
+}
