@@ -455,7 +455,8 @@ impl<F: Front> Heap<F> {
             }
             // The checks `free` makes, named as realloc's (an interior pointer, a pool not in
             // use), before any byte is copied.
-            // SAFETY: the map knows ptr.
+            // SAFETY: the arena map knows ptr (tested above), so its pool header is mapped and
+            // `locate` may read it; `locate` itself reports a pointer that is not a live block.
             let (pool, _, class, refs) = unsafe { self.locate(ptr, Op::Realloc, false) };
             if refs == 0 {
                 invalid_pointer(
@@ -635,7 +636,7 @@ impl Inner {
     pub(crate) unsafe fn as_gil_unchecked(&self) -> &Heap<GilHeap> {
         match self {
             Inner::Gil(h) => h,
-            // SAFETY: the contract.
+            // SAFETY: the caller promises the mode is GIL, so this arm is never taken.
             Inner::Ft(_) => unsafe { core::hint::unreachable_unchecked() },
         }
     }
@@ -648,7 +649,7 @@ impl Inner {
     pub(crate) unsafe fn as_ft_unchecked(&self) -> &Heap<FtHeap> {
         match self {
             Inner::Ft(h) => h,
-            // SAFETY: the contract.
+            // SAFETY: the caller promises the mode is free-threaded, so this arm is never taken.
             Inner::Gil(_) => unsafe { core::hint::unreachable_unchecked() },
         }
     }
